@@ -1,0 +1,1 @@
+"""Latent Diffusion Models in JAX/Flax."""

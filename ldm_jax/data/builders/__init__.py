@@ -1,0 +1,1 @@
+"""TFDS builders that ship with ldm_jax and prepare offline (no downloads)."""
