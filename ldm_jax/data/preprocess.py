@@ -63,7 +63,8 @@ def resize_crop_flip(images: list[tf.Tensor], *, image_size: int, crop: str,
     flip_seed = seed
   else:
     raise ValueError(f"data.crop={crop!r}: expected one of {CROPS}.")
-  images = [im[top:top + image_size, left:left + image_size] for im in images]
+  images = [tf.ensure_shape(im[top:top + image_size, left:left + image_size],
+                            [image_size, image_size, im.shape[-1]]) for im in images]
   if random_flip:
     flip = tf.random.stateless_uniform([], flip_seed) < 0.5
     images = [tf.cond(flip, lambda im=im: tf.reverse(im, axis=[1]), lambda im=im: im)

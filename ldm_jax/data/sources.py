@@ -7,6 +7,7 @@ dataset directory. Nothing is ever downloaded: our builders prepare from files o
 """
 
 import os
+from typing import Callable
 
 from absl import logging
 import jax
@@ -34,22 +35,26 @@ def _data_dir(data_config: ml_collections.ConfigDict) -> str:
   return tfds.core.constants.DATA_DIR
 
 
-def _prepare_once(builder: tfds.core.DatasetBuilder) -> None:
-  """Prepares an offline builder; with several processes, process 0 goes first.
+def _prepared(make_builder: Callable[[], tfds.core.DatasetBuilder]):
+  """Returns a prepared builder from an offline one; with several processes, process 0 first.
 
   After the barrier the others find the data prepared (shared data_dir) or prepare their own
-  copy (host-local data_dir).
+  copy (host-local data_dir). A builder is rebuilt after preparation so that its info (the
+  splits) is read from what was written.
   """
+  builder = make_builder()
   if builder.is_prepared():
-    return
+    return builder
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
       builder.download_and_prepare()
     multihost_utils.sync_global_devices(f"ldm_jax prepare {builder.name}")
+    builder = make_builder()
     if builder.is_prepared():
-      return
+      return builder
   builder.download_and_prepare()
+  return make_builder()
 
 
 def _folder_builder(data_config, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -73,12 +78,9 @@ def _folder_builder(data_config, data_dir: str) -> tfds.core.DatasetBuilder:
           f"dataset: delete that directory to prepare the folder again, or point "
           f"data.data_dir somewhere else.")
     return builder
-  scan = image_folder.scan_folder(root)
-  builder = image_folder.ImageFolder(
-      config=image_folder.ImageFolderConfig(name=image_folder.folder_slug(root), scan=scan),
-      data_dir=data_dir)
-  _prepare_once(builder)
-  return builder
+  config = image_folder.ImageFolderConfig(name=image_folder.folder_slug(root),
+                                          scan=image_folder.scan_folder(root))
+  return _prepared(lambda: image_folder.ImageFolder(config=config, data_dir=data_dir))
 
 
 def _unknown(name: str, data_dir: str) -> ValueError:
@@ -108,14 +110,11 @@ def load_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBui
     return _folder_builder(data_config, data_dir)
   if base in OFFLINE_BUILDERS:
     cls = OFFLINE_BUILDERS[base]
-    try:
-      builder = cls(config=variant or None, data_dir=data_dir)
-    except ValueError as e:
-      variants = [f"{base}/{c.name}" for c in cls.BUILDER_CONFIGS] or [base]
-      raise ValueError(f"data.name={name!r}: {base!r} has no variant {variant!r}; "
-                       f"use one of {variants}.") from e
-    _prepare_once(builder)
-    return builder
+    variants = [c.name for c in cls.BUILDER_CONFIGS]
+    if variant and variant not in variants:
+      raise ValueError(f"data.name={name!r}: {base!r} has no variant {variant!r}; use one "
+                       f"of {[f'{base}/{v}' for v in variants] or [base]}.")
+    return _prepared(lambda: cls(config=variant or None, data_dir=data_dir))
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:

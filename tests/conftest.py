@@ -1,0 +1,33 @@
+"""Shared test setup: 8 virtual CPU devices, quiet TF, offline datasets prepared once."""
+
+import os
+
+# Must happen before JAX initialises its backend: 8 CPU devices for the sharding tests.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir with the offline datasets the tests read, prepared once per session."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from ldm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tfds"))
+  for name in ("digits", "photo_patches/64"):
+    sources.load_builder(common.data_config(name=name, data_dir=path))
+  return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """A run that executes no test fails: a green CI must mean tests ran and passed."""
+  reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+  if reporter is None or exitstatus != 0:
+    return
+  if hasattr(session.config, "workerinput"):  # An xdist worker: the controller decides.
+    return
+  if not reporter.stats.get("passed"):
+    reporter.write_line("ERROR: no test passed (none collected, or all skipped).", red=True)
+    session.exitstatus = 1
