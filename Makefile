@@ -1,0 +1,25 @@
+# The two commands of the README. Both create (or reuse) .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ldm_jax-installed
+
+.PHONY: test quickstart install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite (parity and slow tests included), on two workers.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+# The main job on the bundled digits. For now: a preview grid of the training batches.
+quickstart: $(STAMP)
+	$(BIN)/python -m ldm_jax.data --config=configs/digits_ldm.py --out=out/quickstart/digits.png
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,44 @@
+"""Config files load through ml_collections' config_flags: variants, overrides, locking."""
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from configs import common
+
+
+def _load(argv):
+  argv = ["prog", *argv]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_variant_and_override():
+  config = _load(["--config=configs/digits_ldm.py:tiny", "--config.data.batch_size=8",
+                  "--config.data.data_dir=/tmp/x"])
+  assert config.data.image_size == 16 and config.data.batch_size == 8
+  assert config.data.data_dir == "/tmp/x" and config.data.label_key == "label"
+
+
+def test_locked_config_rejects_unknown_keys():
+  with pytest.raises(AttributeError, match='batch_sise.*Did you mean "batch_size"'):
+    _load(["--config=configs/digits_ldm.py", "--config.data.batch_sise=8"])
+
+
+def test_image_folder_variant():
+  config = _load(["--config=configs/image_folder.py:folder=/data/pets,size=128"])
+  assert config.data.folder == "/data/pets" and config.data.image_size == 128
+
+
+def test_parse_arg():
+  assert common.parse_arg("tiny,f=8", tiny=False, f=4).to_dict() == {"tiny": True, "f": 8}
+  assert common.parse_arg(None, tiny=False).tiny is False
+  with pytest.raises(ValueError, match=r"variant 'tyny' is unknown.*\['tiny'\]"):
+    common.parse_arg("tyny", tiny=False)
+  with pytest.raises(ValueError, match="f='x': expected a int"):
+    common.parse_arg("f=x", f=4)
+  with pytest.raises(ValueError, match="needs a value"):
+    common.parse_arg("f", f=4)
