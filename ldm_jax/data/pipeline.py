@@ -6,7 +6,9 @@ batches `global_batch / process_count` examples. `DataIterator` turns every nume
 batch into one global `jax.Array` sharded over the mesh's batch axes; text fields (captions,
 ids) stay host-local NumPy arrays. The iterator's position is saved and restored with
 tf.data's own checkpointing (clu's TfDatasetIterator), so a restored iterator continues with
-exactly the batches the uninterrupted one would have produced.
+exactly the batches the uninterrupted one would have produced. The saved state includes the
+shuffle buffer, which holds *encoded* examples (decoding happens after shuffling), so its size
+is about `shuffle_buffer` x the size of one stored image per process.
 
 Output batch keys: `image` (float32, [-1, 1], NHWC), `label` (int32) and `caption` (bytes)
 when the config names them, each of `data.cond_image_keys` (same geometry as `image`), `id`
@@ -95,8 +97,10 @@ def _check_source_size(data_config, builder, image_feature: str) -> None:
   """Refuses, before reading, an image_size the source cannot provide without upscaling."""
   shape = builder.info.features[image_feature].shape
   static = shape[0] is not None and shape[1] is not None
-  min_side = min(shape[:2]) if static else builder.info.metadata.get("min_side") if (
-      builder.info.metadata) else None
+  if static:
+    min_side = min(shape[:2])
+  else:  # Our image_folder records its smallest side; other sources are checked per image.
+    min_side = (builder.info.metadata or {}).get("min_side")
   size, policy = data_config.image_size, data_config.small_images
   if min_side is None or min_side >= size or policy == "upscale":
     return

@@ -147,10 +147,9 @@ def test_image_folder_corrupt_image_is_named(tmp_path):
   good = (folder / "good.png").read_bytes()
   (folder / "bad.png").write_bytes(good[: len(good) // 2])  # Truncated PNG.
   data_dir = tmp_path / "tfds"
-  with pytest.raises(Exception, match=r"Cannot read image file .*bad\.png") as error:
+  with pytest.raises(ValueError, match=r"Cannot read image file .*bad\.png.*truncated"):
     sources.load_builder(common.data_config(name="image_folder", folder=str(folder),
                                             data_dir=str(data_dir)))
-  del error
   # Nothing half-prepared is left to be read later.
   prepared = os.path.join(str(data_dir), "image_folder",
                           image_folder.folder_slug(str(folder)), "1.0.0")
