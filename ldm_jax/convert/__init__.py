@@ -1,0 +1,1 @@
+"""Weight import from PyTorch checkpoints (diffusers, CompVis / Stable Diffusion)."""

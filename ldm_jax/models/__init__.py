@@ -1,0 +1,1 @@
+"""Networks: autoencoders, UNets and conditioners. They know nothing of noise schedules."""

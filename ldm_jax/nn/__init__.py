@@ -1,0 +1,1 @@
+"""Neural-network building blocks (Flax Linen), shared by the autoencoders and UNets."""

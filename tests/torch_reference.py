@@ -1,0 +1,51 @@
+"""Helpers for tests against PyTorch/diffusers: random weights, conversion, error measure."""
+
+import jax
+import numpy as np
+
+torch = __import__("pytest").importorskip("torch")
+
+from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top
+
+
+def randomize(module, seed: int = 0) -> None:
+  """Gives every parameter of a torch module random values (norm scales near 1), in place.
+
+  Defaults such as zero biases and unit norm scales would hide transposition and indexing
+  errors, so everything is drawn at random, scaled to keep activations O(1).
+  """
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in module.named_parameters():
+      noise = torch.randn(param.shape, generator=generator)
+      if "norm" in name and name.endswith("weight"):
+        param.copy_(1.0 + 0.1 * noise)
+      elif name.endswith("bias"):
+        param.copy_(0.1 * noise)
+      elif param.ndim >= 2:
+        fan_in = int(np.prod(param.shape[1:]))
+        param.copy_(noise / np.sqrt(fan_in))
+      else:
+        param.copy_(noise)
+
+
+def params_from(module, flax_model, *init_args, **init_kwargs):
+  """Our parameter tree holding the torch module's weights (strict conversion)."""
+  shapes = jax.eval_shape(lambda: flax_model.init(
+      {"params": jax.random.key(0), "sample": jax.random.key(1)}, *init_args, **init_kwargs))
+  return torch_weights.to_flax(module.state_dict(), shapes["params"])
+
+
+def nchw(x: np.ndarray):
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def nhwc(t) -> np.ndarray:
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def relative_error(ours, reference) -> float:
+  """max |ours - reference| / max |reference| (a normwise relative error)."""
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  assert ours.shape == reference.shape, (ours.shape, reference.shape)
+  return float(np.abs(ours - reference).max() / np.abs(reference).max())
