@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import diffusers_configs
 from tests import torch_reference as ref
 
 diffusers = pytest.importorskip("diffusers")
@@ -27,13 +28,7 @@ RESOLUTION = 16
 
 
 def diffusers_blocks(s):
-  """Our CompVis-style hyper-parameters as diffusers' block lists and widths."""
-  attn = [RESOLUTION // 2**level in s["attn_resolutions"] for level in range(len(s["ch_mult"]))]
-  down = tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn)
-  up = tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn))
-  return dict(in_channels=s["in_channels"], out_channels=s["out_ch"], down_block_types=down,
-              up_block_types=up, block_out_channels=tuple(s["ch"] * m for m in s["ch_mult"]),
-              layers_per_block=s["num_res_blocks"], norm_num_groups=32)
+  return diffusers_configs.autoencoder_kwargs({**s, "resolution": RESOLUTION})
 
 
 def _image(s, seed=0):
