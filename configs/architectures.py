@@ -1,0 +1,78 @@
+"""The known LDM / Stable Diffusion architectures, as model config blocks.
+
+Each function returns the ConfigDict that `ldm_jax.models.factory` builds; experiment configs
+use them as `config.unet = architectures.sd_v1_unet()`. As a config file it selects one:
+`--config=configs/architectures.py:sd_v1_unet` (a `unet` or `autoencoder` block).
+"""
+
+import ml_collections
+
+
+def _unet(**kw) -> ml_collections.ConfigDict:
+  base = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
+              num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8,
+              num_head_channels=-1, use_spatial_transformer=True, transformer_depth=1,
+              context_dim=768, linear_projection=False, num_classes=None,
+              scale_shift=False, dropout=0.0)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def _autoencoder(kind: str, **kw) -> ml_collections.ConfigDict:
+  base = dict(type=kind, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=(),
+              resolution=256, in_channels=3, out_ch=3, z_channels=4, embed_dim=4,
+              dropout=0.0)
+  if kind == "vq":
+    base.update(n_embed=8192, beta=0.25)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def sd_v1_unet():
+  """Stable Diffusion 1.x: 8 heads, CLIP ViT-L/14 context (768)."""
+  return _unet()
+
+
+def sd_v2_unet():
+  """Stable Diffusion 2.x: 64-channel heads, linear projections, OpenCLIP-H context (1024)."""
+  return _unet(num_heads=-1, num_head_channels=64, linear_projection=True, context_dim=1024)
+
+
+def ldm_cin256_v2_unet():
+  """LDM class-conditional ImageNet 256 (cin256-v2): on vq-f4 latents, class via context."""
+  return _unet(in_channels=3, out_channels=3, model_channels=192, channel_mult=(1, 2, 3, 5),
+               attention_resolutions=(8, 4, 2), num_heads=1, context_dim=512)
+
+
+def ldm_celebahq256_unet():
+  """LDM unconditional CelebA-HQ 256: on vq-f4 latents, plain self-attention."""
+  return _unet(in_channels=3, out_channels=3, model_channels=224, channel_mult=(1, 2, 3, 4),
+               attention_resolutions=(8, 4, 2), num_heads=-1, num_head_channels=32,
+               use_spatial_transformer=False, context_dim=None)
+
+
+def sd_kl_f8():
+  """The Stable Diffusion VAE (kl-f8, 4 latent channels)."""
+  return _autoencoder("kl")
+
+
+def vq_f4():
+  """LDM's vq-f4 (3 latent channels, 8192 codes)."""
+  return _autoencoder("vq", ch_mult=(1, 2, 4), z_channels=3, embed_dim=3)
+
+
+UNETS = {f.__name__: f for f in (sd_v1_unet, sd_v2_unet, ldm_cin256_v2_unet,
+                                 ldm_celebahq256_unet)}
+AUTOENCODERS = {f.__name__: f for f in (sd_kl_f8, vq_f4)}
+
+
+def get_config(arg=None):
+  names = sorted([*UNETS, *AUTOENCODERS])
+  if arg not in names:
+    raise ValueError(f"configs/architectures.py:{arg}: choose one of {names}.")
+  config = ml_collections.ConfigDict()
+  if arg in UNETS:
+    config.unet = UNETS[arg]()
+  else:
+    config.autoencoder = AUTOENCODERS[arg]()
+  return config

@@ -1,0 +1,43 @@
+"""Flax modules from config blocks (`config.unet`, `config.autoencoder`)."""
+
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from ldm_jax.models.autoencoder import AutoencoderKL
+from ldm_jax.models.unet import UNet
+from ldm_jax.models.vq import VQModel
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _fields(block: ml_collections.ConfigDict, cls, skip=()) -> dict[str, Any]:
+  known = set(cls.__dataclass_fields__) - {"parent", "name"}
+  values = {k: v for k, v in block.items() if k not in skip}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; it takes "
+                     f"{sorted(known)}.")
+  for key in ("dtype", "param_dtype"):
+    if isinstance(values.get(key), str):
+      if values[key] not in DTYPES:
+        raise ValueError(f"{key}={values[key]!r}: expected one of {sorted(DTYPES)}.")
+      values[key] = DTYPES[values[key]]
+  for key, value in values.items():  # ConfigDict lists -> tuples (hashable module fields).
+    if isinstance(value, list):
+      values[key] = tuple(value)
+  return values
+
+
+def build_unet(block: ml_collections.ConfigDict, **overrides) -> UNet:
+  return UNet(**_fields(block, UNet), **overrides)
+
+
+def build_autoencoder(block: ml_collections.ConfigDict, **overrides):
+  kinds = {"kl": AutoencoderKL, "vq": VQModel}
+  if block.get("type") not in kinds:
+    raise ValueError(f"autoencoder.type={block.get('type')!r}: expected one of "
+                     f"{sorted(kinds)}.")
+  cls = kinds[block.type]
+  return cls(**_fields(block, cls, skip=("type",)), **overrides)
