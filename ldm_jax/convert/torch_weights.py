@@ -54,8 +54,26 @@ def _flat_target(target) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
   return {"/".join(path): (path, tuple(leaf.shape)) for path, leaf in flat.items()}
 
 
+# Our names that stand for PyTorch lists (`resnets_1` <-> `resnets.1`).
+_LIST_NAMES = ("down_blocks", "up_blocks", "resnets", "attentions", "downsamplers",
+               "upsamplers", "transformer_blocks", "to_out", "net", "layers")
+
+
+def diffusers_keys(target) -> list[str]:
+  """The diffusers (PyTorch) names of every parameter of our tree `target`."""
+  keys = []
+  for name in _flat_target(target):
+    parts = []
+    for part in name.split("/"):
+      base, _, index = part.rpartition("_")
+      parts.append(f"{base}.{index}" if base in _LIST_NAMES and index.isdigit() else part)
+    module, leaf = parts[:-1], parts[-1]
+    keys.append(".".join(module + ["weight" if leaf in _WEIGHT_LEAVES else leaf]))
+  return keys
+
+
 def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
-            ignore: tuple[str, ...] = ()) -> dict:
+            ignore: tuple[str, ...] = (), unexpected: tuple[str, ...] = ()) -> dict:
   """Builds the parameter tree `target` (shapes only) from a PyTorch state dict.
 
   Args:
@@ -63,13 +81,14 @@ def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
     target: the parameter tree to fill, e.g. `jax.eval_shape(model.init, ...)['params']`.
     prefix: only keys starting with it are used, with it removed (e.g. 'first_stage.').
     ignore: regular expressions of source keys to leave out on purpose (never silently).
+    unexpected: source keys the caller already found no place for; reported with the rest.
 
   Raises:
     WeightMismatchError: listing every unexpected, mis-shaped and missing key.
   """
   targets = _flat_target(target)
   filled: dict[tuple[str, ...], np.ndarray] = {}
-  unexpected, misshaped = [], []
+  unexpected, misshaped = list(unexpected), []
   for key, value in state_dict.items():
     if not key.startswith(prefix) or any(re.search(p, key) for p in ignore):
       continue

@@ -2,8 +2,10 @@
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ldm_jax.models.autoencoder import AutoencoderKL
 from ldm_jax.models.unet import UNet
@@ -41,3 +43,23 @@ def build_autoencoder(block: ml_collections.ConfigDict, **overrides):
                      f"{sorted(kinds)}.")
   cls = kinds[block.type]
   return cls(**_fields(block, cls, skip=("type",)), **overrides)
+
+
+def unet_example_inputs(block: ml_collections.ConfigDict) -> tuple:
+  """Smallest (x, t, context, y) the UNet accepts: enough to trace its parameter shapes."""
+  side = 2 ** (len(block.channel_mult) - 1)
+  x = np.zeros((1, side, side, block.in_channels), np.float32)
+  context = np.zeros((1, 1, block.context_dim), np.float32) if block.context_dim else None
+  y = np.zeros((1,), np.int32) if block.num_classes else None
+  return x, np.zeros((1,), np.float32), context, y
+
+
+def autoencoder_example_inputs(block: ml_collections.ConfigDict) -> tuple:
+  side = 2 ** (len(block.ch_mult) - 1)
+  return (np.zeros((1, side, side, block.in_channels), np.float32),)
+
+
+def param_shapes(model, inputs: tuple):
+  """The model's parameter tree as ShapeDtypeStructs (nothing allocated)."""
+  rngs = {"params": jax.random.key(0), "sample": jax.random.key(1)}
+  return jax.eval_shape(lambda: model.init(rngs, *inputs))["params"]

@@ -1,0 +1,45 @@
+"""Convert PyTorch weights into an Orbax checkpoint of ours.
+
+  python -m ldm_jax.convert sd-v1-4.ckpt --config=configs/architectures.py:sd_v1_unet --out=DIR
+  python -m ldm_jax.convert ./stable-diffusion-v1-5 --subfolder=vae \
+      --config=configs/architectures.py:sd_kl_f8 --out=DIR
+
+The config's `unet` and/or `autoencoder` blocks say what to build; each is filled from SRC.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from ldm_jax.convert import export
+from ldm_jax.convert import load
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config with unet/autoencoder "
+                                          "blocks.", lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
+_SUBFOLDER = flags.DEFINE_string("subfolder", None, "Subfolder of a diffusers pipeline "
+                                 "folder (e.g. unet, vae).")
+_USE_EMA = flags.DEFINE_bool("use_ema", False, "Take a CompVis checkpoint's EMA UNet weights.")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("Give exactly one SRC: a .ckpt/.safetensors file or a diffusers "
+                         "folder.")
+  source, config = argv[1], _CONFIG.value
+  parts = {}
+  if "unet" in config:
+    parts["unet"] = load.import_unet(source, config.unet, subfolder=_SUBFOLDER.value,
+                                     use_ema=_USE_EMA.value)
+  if "autoencoder" in config:
+    parts["autoencoder"] = load.import_autoencoder(source, config.autoencoder,
+                                                   subfolder=_SUBFOLDER.value)
+  if not parts:
+    raise app.UsageError("The config has neither a 'unet' nor an 'autoencoder' block.")
+  export.write(_OUT.value, parts, config)
+  print(f"wrote {', '.join(parts)} to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

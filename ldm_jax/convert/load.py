@@ -1,0 +1,78 @@
+"""Import UNet / autoencoder weights from CompVis, Stable Diffusion or diffusers sources.
+
+`import_unet(source, config.unet)` and `import_autoencoder(source, config.autoencoder)` accept
+* a CompVis/SD single file (`.ckpt`, `.safetensors`): `model.diffusion_model.*` and
+  `first_stage_model.*`, or a standalone CompVis autoencoder (`encoder.down.0...`);
+* a diffusers model folder, a pipeline folder (with `subfolder='unet'` / `'vae'`), or a
+  single diffusers-named weights file.
+The naming is recognised from the keys. Returns our parameter tree, checked strictly.
+"""
+
+import os
+import re
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ldm_jax.convert import compvis
+from ldm_jax.convert import files
+from ldm_jax.convert import torch_weights
+from ldm_jax.models import factory
+
+# Keys of training-only modules in CompVis autoencoder checkpoints (LPIPS, discriminator).
+AUTOENCODER_TRAINING_KEYS = (r"^(first_stage_model\.)?loss\.",)
+
+
+def _read(source: str, subfolder: str | None) -> dict[str, np.ndarray]:
+  if os.path.isdir(source):
+    return files.read_folder(source, subfolder)[0]
+  return files.read_file(source)
+
+
+def _is_compvis(state: dict, markers: tuple[str, ...]) -> bool:
+  return any(marker in key for key in state for marker in markers)
+
+
+def import_unet(source: str, block: ml_collections.ConfigDict, *,
+                subfolder: str | None = None, use_ema: bool = False) -> dict:
+  """Our UNet parameters from `source` (see the module docstring)."""
+  state = _read(source, subfolder)
+  target = factory.param_shapes(factory.build_unet(block), factory.unet_example_inputs(block))
+  if not _is_compvis(state, ("input_blocks.", "middle_block.")):
+    if use_ema:
+      raise ValueError(f"use_ema=True: {source} is diffusers-named; its file already holds "
+                       f"one set of weights (pick the EMA folder/file instead).")
+    return torch_weights.to_flax(state, target)
+  if use_ema:
+    state = compvis.ema_view(state)
+  prefix = compvis.UNET_PREFIX if any(k.startswith(compvis.UNET_PREFIX) for k in state) \
+      else ""
+  attention_levels = tuple(2**level in block.attention_resolutions
+                           for level in range(len(block.channel_mult)))
+  name_of = lambda key: compvis.unet_name(key, num_res_blocks=block.num_res_blocks,
+                                          attention_levels=attention_levels)
+  renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target), name_of,
+                                      prefix)
+  return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
+
+
+def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
+                       subfolder: str | None = None) -> dict:
+  """Our autoencoder (KL or VQ) parameters from `source`."""
+  state = _read(source, subfolder)
+  target = factory.param_shapes(factory.build_autoencoder(block),
+                                factory.autoencoder_example_inputs(block))
+  dropped = [k for k in state if any(re.search(p, k) for p in AUTOENCODER_TRAINING_KEYS)]
+  if dropped:
+    logging.info("Leaving out %d training-only autoencoder keys (loss.*: LPIPS, "
+                 "discriminator).", len(dropped))
+    state = {k: v for k, v in state.items() if k not in set(dropped)}
+  if not _is_compvis(state, (".down.0.", ".mid.block_1.", ".up.0.")):
+    return torch_weights.to_flax(state, target)
+  prefix = compvis.AUTOENCODER_PREFIX if any(
+      k.startswith(compvis.AUTOENCODER_PREFIX) for k in state) else ""
+  name_of = lambda key: compvis.autoencoder_name(key, num_levels=len(block.ch_mult))
+  renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target), name_of,
+                                      prefix)
+  return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
