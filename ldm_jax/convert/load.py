@@ -30,6 +30,21 @@ def _read(source: str, subfolder: str | None) -> dict[str, np.ndarray]:
   return files.read_file(source)
 
 
+# Attention names of diffusers folders saved before diffusers 0.14 -> today's names.
+_DEPRECATED_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
+                         ".proj_attn.": ".to_out.0."}
+
+
+def _modern_diffusers_names(state: dict) -> dict:
+  renamed = {}
+  for key, value in state.items():
+    for old, new in _DEPRECATED_ATTENTION.items():
+      if ".attentions." in key and old in key:
+        key = key.replace(old, new)
+    renamed[key] = value
+  return renamed
+
+
 def _is_compvis(state: dict, markers: tuple[str, ...]) -> bool:
   return any(marker in key for key in state for marker in markers)
 
@@ -43,7 +58,7 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
     if use_ema:
       raise ValueError(f"use_ema=True: {source} is diffusers-named; its file already holds "
                        f"one set of weights (pick the EMA folder/file instead).")
-    return torch_weights.to_flax(state, target)
+    return torch_weights.to_flax(_modern_diffusers_names(state), target)
   if use_ema:
     state = compvis.ema_view(state)
   prefix = compvis.UNET_PREFIX if any(k.startswith(compvis.UNET_PREFIX) for k in state) \
@@ -69,7 +84,7 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
                  "discriminator).", len(dropped))
     state = {k: v for k, v in state.items() if k not in set(dropped)}
   if not _is_compvis(state, (".down.0.", ".mid.block_1.", ".up.0.")):
-    return torch_weights.to_flax(state, target)
+    return torch_weights.to_flax(_modern_diffusers_names(state), target)
   prefix = compvis.AUTOENCODER_PREFIX if any(
       k.startswith(compvis.AUTOENCODER_PREFIX) for k in state) else ""
   name_of = lambda key: compvis.autoencoder_name(key, num_levels=len(block.ch_mult))

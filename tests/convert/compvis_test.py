@@ -194,3 +194,21 @@ def test_sharded_diffusers_folder_and_cli(tmp_path):
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env,
                          timeout=300)
   assert again.returncode != 0 and "never written over" in again.stderr
+
+
+def test_old_diffusers_attention_names(tmp_path):
+  block, vae = _autoencoder("kl")
+  old = {}
+  for key, value in vae.state_dict().items():
+    for new, legacy in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."),
+                        (".to_out.0.", ".proj_attn.")):
+      key = key.replace(new, legacy)
+    old[key] = value.numpy()
+  assert any(".proj_attn." in k for k in old)
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file(old, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+  params = load.import_autoencoder(str(tmp_path / "diffusion_pytorch_model.safetensors"),
+                                   block)
+  np.testing.assert_array_equal(
+      params["encoder"]["mid_block/attentions_0"]["to_out_0"]["kernel"],
+      vae.state_dict()["encoder.mid_block.attentions.0.to_out.0.weight"].numpy().T)
