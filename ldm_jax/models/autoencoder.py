@@ -20,8 +20,19 @@ Dtype = Any
 GROUPS, EPSILON = 32, 1e-6
 
 
-class _Blocks:
-  """Shared settings of the encoder's and decoder's ResBlocks and attention blocks."""
+class _Coder(nn.Module):
+  """Settings and blocks shared by the encoder and the decoder."""
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = ()
+  resolution: int = 256
+  dropout: float = 0.0
+  deterministic: bool = True
+  remat: bool = False
+  attention_impl: str | None = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
   def res(self, channels, name):
     block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
@@ -46,20 +57,9 @@ class _Blocks:
     return layers.conv(channels, name="conv_out", **kw)(h)
 
 
-class Encoder(nn.Module, _Blocks):
-  ch: int = 128
-  ch_mult: Sequence[int] = (1, 2, 4, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = ()
-  resolution: int = 256
+class Encoder(_Coder):
   z_channels: int = 4
   double_z: bool = True
-  dropout: float = 0.0
-  deterministic: bool = True
-  remat: bool = False
-  attention_impl: str | None = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
@@ -78,19 +78,8 @@ class Encoder(nn.Module, _Blocks):
     return self.out(self.mid(h), 2 * self.z_channels if self.double_z else self.z_channels)
 
 
-class Decoder(nn.Module, _Blocks):
-  ch: int = 128
+class Decoder(_Coder):
   out_ch: int = 3
-  ch_mult: Sequence[int] = (1, 2, 4, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = ()
-  resolution: int = 256
-  dropout: float = 0.0
-  deterministic: bool = True
-  remat: bool = False
-  attention_impl: str | None = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z):
@@ -109,37 +98,30 @@ class Decoder(nn.Module, _Blocks):
     return self.out(h, self.out_ch)
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderBase(_Coder):
+  """Fields shared by the KL and VQ models; `coders()` builds their encoder and decoder."""
+  in_channels: int = 3
+  out_ch: int = 3
+  z_channels: int = 4
+  embed_dim: int = 4
+
+  def coders(self, double_z: bool) -> tuple[Encoder, Decoder]:
+    common = {f: getattr(self, f) for f in _Coder.__dataclass_fields__
+              if f not in ("parent", "name")}
+    return (Encoder(z_channels=self.z_channels, double_z=double_z, **common),
+            Decoder(out_ch=self.out_ch, **common))
+
+
+class AutoencoderKL(AutoencoderBase):
   """Encoder -> quant_conv -> DiagonalGaussian -> post_quant_conv -> Decoder.
 
   `encode(x)` returns the posterior, `decode(z)` the image, `__call__(x)` both (sampling the
   posterior with the 'sample' RNG stream unless `sample_posterior=False`).
   """
-  ch: int = 128
-  ch_mult: Sequence[int] = (1, 2, 4, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = ()
-  resolution: int = 256
-  in_channels: int = 3
-  out_ch: int = 3
-  z_channels: int = 4
-  embed_dim: int = 4
-  dropout: float = 0.0
-  deterministic: bool = True
-  remat: bool = False
-  attention_impl: str | None = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    common = dict(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                  attn_resolutions=self.attn_resolutions, resolution=self.resolution,
-                  dropout=self.dropout, deterministic=self.deterministic, remat=self.remat,
-                  attention_impl=self.attention_impl, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(z_channels=self.z_channels, double_z=True, **common)
-    self.decoder = Decoder(out_ch=self.out_ch, **common)
+    self.encoder, self.decoder = self.coders(double_z=True)
     self.quant_conv = layers.conv(2 * self.embed_dim, kernel=1, **kw)
     self.post_quant_conv = layers.conv(self.z_channels, kernel=1, **kw)
 

@@ -15,6 +15,7 @@ blocks (the unconditional/class-conditional openai UNet, diffusers' UNet2DModel)
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ldm_jax.nn import attention
@@ -130,4 +131,4 @@ class UNet(nn.Module):
 
     h = layers.GroupNorm(self.groups, 1e-5, name="conv_norm_out", **kw)(h)
     return layers.conv(self.out_channels, zero_init=True, name="conv_out", **kw)(
-        nn.activation.silu(h))
+        jax.nn.silu(h))

@@ -6,8 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldm_jax.models.autoencoder import Decoder
-from ldm_jax.models.autoencoder import Encoder
+from ldm_jax.models.autoencoder import AutoencoderBase
 from ldm_jax.nn import layers
 
 Dtype = Any
@@ -57,40 +56,22 @@ class VectorQuantizer(nn.Module):
                      loss=loss, perplexity=perplexity)
 
 
-class VQModel(nn.Module):
+class VQModel(AutoencoderBase):
   """Encoder -> quant_conv -> VectorQuantizer -> post_quant_conv -> Decoder.
 
   `encode(x)` returns the pre-quantisation latents, `quantize(h)` a `Quantized`,
   `decode(z_q)` the image, `decode_indices(indices)` the image of code indices and
   `__call__(x)` (reconstruction, Quantized).
   """
-  ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = ()
-  resolution: int = 256
-  in_channels: int = 3
-  out_ch: int = 3
   z_channels: int = 3
   embed_dim: int = 3
   n_embed: int = 8192
   beta: float = 0.25
-  dropout: float = 0.0
-  deterministic: bool = True
-  remat: bool = False
-  attention_impl: str | None = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    common = dict(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                  attn_resolutions=self.attn_resolutions, resolution=self.resolution,
-                  dropout=self.dropout, deterministic=self.deterministic, remat=self.remat,
-                  attention_impl=self.attention_impl, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(z_channels=self.z_channels, double_z=False, **common)
-    self.decoder = Decoder(out_ch=self.out_ch, **common)
+    self.encoder, self.decoder = self.coders(double_z=False)
     self.quant_conv = layers.conv(self.embed_dim, kernel=1, **kw)
     self.quantize = VectorQuantizer(self.n_embed, self.embed_dim, self.beta,
                                     param_dtype=self.param_dtype)
