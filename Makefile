@@ -6,9 +6,13 @@ STAMP := $(VENV)/.ldm_jax-installed
 
 .PHONY: test quickstart install clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# The original CompVis/Stability model code, a test reference for checkpoint imports: kept
+	# in its own folder (tests/conftest.py adds it to sys.path), without its dependencies.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5
 	touch $(STAMP)
 
 install: $(STAMP)

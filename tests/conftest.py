@@ -7,7 +7,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The original CompVis/Stability `ldm` code, a reference for checkpoint imports. `make test`
+# installs it here (pip --target, without its dependencies) to keep it out of the venv.
+_COMPVIS_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), ".venv", "compvis-reference")
+if os.path.isdir(_COMPVIS_REFERENCE):
+  sys.path.append(_COMPVIS_REFERENCE)
 
 
 @pytest.fixture(scope="session")

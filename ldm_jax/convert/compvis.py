@@ -22,6 +22,9 @@ _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
                   "to_out.0": "proj_out"}
+# openai AttentionBlock (UNets without SpatialTransformers); its fused `qkv` is split first.
+_UNET_SELF_ATTENTION = {"group_norm": "norm", "to_out.0": "proj_out", "to_q": "qkv_q",
+                        "to_k": "qkv_k", "to_v": "qkv_v"}
 
 
 def _sub(rest: str, table: Mapping[str, str]) -> str:
@@ -31,9 +34,16 @@ def _sub(rest: str, table: Mapping[str, str]) -> str:
   return rest
 
 
-def unet_name(key: str, *, num_res_blocks: int, attention_levels: tuple[bool, ...]) -> str:
-  """CompVis (openaimodel) name of a diffusers UNet2DConditionModel parameter."""
+def unet_name(key: str, *, num_res_blocks: int, attention_levels: tuple[bool, ...],
+              spatial_transformer: bool = True) -> str:
+  """CompVis (openaimodel) name of a diffusers UNet2DConditionModel / UNet2DModel parameter.
+
+  With `spatial_transformer=False` the attention blocks are openai AttentionBlocks, whose
+  fused `qkv` must first go through `split_fused_qkv` (names `qkv_q`, `qkv_k`, `qkv_v`).
+  """
   per_level = num_res_blocks + 1
+  attn = (lambda rest: rest) if spatial_transformer else (
+      lambda rest: _sub(rest, _UNET_SELF_ATTENTION))
   fixed = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.":
            "time_embed.2.", "class_embedding.": "label_emb.", "conv_in.": "input_blocks.0.0.",
            "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
@@ -43,17 +53,17 @@ def unet_name(key: str, *, num_res_blocks: int, attention_levels: tuple[bool, ..
   if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
     level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
     block = f"input_blocks.{1 + level * per_level + j}"
-    return f"{block}.0.{_sub(rest, _RESNET)}" if kind == "resnets" else f"{block}.1.{rest}"
+    return f"{block}.0.{_sub(rest, _RESNET)}" if kind == "resnets" else f"{block}.1.{attn(rest)}"
   if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
     return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op.{m[2]}"
   if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
     index = {("resnets", "0"): 0, ("attentions", "0"): 1, ("resnets", "1"): 2}[(m[1], m[2])]
-    rest = _sub(m[3], _RESNET) if m[1] == "resnets" else m[3]
+    rest = _sub(m[3], _RESNET) if m[1] == "resnets" else attn(m[3])
     return f"middle_block.{index}.{rest}"
   if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
     up, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
     block = f"output_blocks.{up * per_level + j}"
-    return f"{block}.0.{_sub(rest, _RESNET)}" if kind == "resnets" else f"{block}.1.{rest}"
+    return f"{block}.0.{_sub(rest, _RESNET)}" if kind == "resnets" else f"{block}.1.{attn(rest)}"
   if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
     up = int(m[1])
     level = len(attention_levels) - 1 - up
@@ -85,6 +95,28 @@ def autoencoder_name(key: str, *, num_levels: int) -> str:
       rest = f"{m2[1]}.{_sub(m2[2], _VAE_ATTENTION)}"
     return f"{part}.{rest}"
   return key  # quant_conv, post_quant_conv, quantize.embedding.weight keep their names.
+
+
+def split_fused_qkv(state_dict: Mapping[str, np.ndarray],
+                    heads_for: Callable[[int], int]) -> dict[str, np.ndarray]:
+  """openai AttentionBlock `qkv` (3C, C, 1) -> `qkv_q`, `qkv_k`, `qkv_v` (C, C, 1) each.
+
+  The fused projection is laid out head by head ([q k v] of head 0, then head 1, ...: the
+  legacy QKV order that LDM uses), so it is split per head. `heads_for(C)` gives the number
+  of heads of a block with C channels.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    if not re.search(r"\.qkv\.(weight|bias)$", key):
+      out[key] = value
+      continue
+    channels = value.shape[0] // 3
+    heads = heads_for(channels)
+    grouped = np.reshape(value, (heads, 3, channels // heads) + value.shape[1:])
+    for index, part in enumerate("qkv"):
+      out[key.replace(".qkv.", f".qkv_{part}.")] = np.reshape(
+          grouped[:, index], (channels,) + value.shape[1:])
+  return out
 
 
 def rename(state_dict: Mapping[str, np.ndarray], target_keys, name_of: Callable[[str], str],

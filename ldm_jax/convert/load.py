@@ -65,8 +65,12 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
       else ""
   attention_levels = tuple(2**level in block.attention_resolutions
                            for level in range(len(block.channel_mult)))
+  if not block.use_spatial_transformer:
+    model = factory.build_unet(block)
+    state = compvis.split_fused_qkv(state, lambda channels: model.heads_for(channels)[0])
   name_of = lambda key: compvis.unet_name(key, num_res_blocks=block.num_res_blocks,
-                                          attention_levels=attention_levels)
+                                          attention_levels=attention_levels,
+                                          spatial_transformer=block.use_spatial_transformer)
   renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target), name_of,
                                       prefix)
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))

@@ -41,6 +41,8 @@ def _convert(value: np.ndarray, leaf: str, target_shape: tuple[int, ...]) -> np.
     if len(target_shape) == 2 and value.shape[:2] == (1, 1):
       value = value[0, 0]  # A 1x1 conv feeding a Dense.
     return value
+  if value.ndim == 3 and value.shape[-1] == 1:  # Conv1d with kernel 1: a Linear.
+    value = value[..., 0]
   if value.ndim == 2:  # Linear (out, in) -> (in, out)
     value = value.T
     if len(target_shape) == 4:

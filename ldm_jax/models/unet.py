@@ -47,7 +47,8 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def _heads(self, channels: int) -> tuple[int, int]:
+  def heads_for(self, channels: int) -> tuple[int, int]:
+    """(heads, head_dim) of an attention block on `channels` channels."""
     if self.num_head_channels > 0:
       if channels % self.num_head_channels:
         raise ValueError(f"UNet: {channels} channels are not a multiple of "
@@ -66,7 +67,7 @@ class UNet(nn.Module):
                  param_dtype=self.param_dtype, name=name)
 
   def _attn(self, h, context, name):
-    heads, head_dim = self._heads(h.shape[-1])
+    heads, head_dim = self.heads_for(h.shape[-1])
     kw = dict(zero_init_out=True, attention_impl=self.attention_impl, dtype=self.dtype,
               param_dtype=self.param_dtype, name=name)
     if self.use_spatial_transformer:
