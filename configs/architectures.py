@@ -2,7 +2,8 @@
 
 Each function returns the ConfigDict that `ldm_jax.models.factory` builds; experiment configs
 use them as `config.unet = architectures.sd_v1_unet()`. As a config file it selects one:
-`--config=configs/architectures.py:sd_v1_unet` (a `unet` or `autoencoder` block).
+`--config=configs/architectures.py:sd_v1_unet` (a `unet`, `autoencoder` or `conditioner`
+block).
 """
 
 import ml_collections
@@ -61,18 +62,29 @@ def vq_f4():
   return _autoencoder("vq", ch_mult=(1, 2, 4), z_channels=3, embed_dim=3)
 
 
+def ldm_cin256_v2_class_embedder():
+  """LDM cin256-v2's conditioner: 1,000 ImageNet classes -> a 512-wide context token.
+
+  The released checkpoint has no null-class row; set add_null_class=True to train with
+  classifier-free guidance.
+  """
+  return ml_collections.ConfigDict(dict(type="class", num_classes=1000, embed_dim=512,
+                                        add_null_class=False))
+
+
 UNETS = {f.__name__: f for f in (sd_v1_unet, sd_v2_unet, ldm_cin256_v2_unet,
                                  ldm_celebahq256_unet)}
 AUTOENCODERS = {f.__name__: f for f in (sd_kl_f8, vq_f4)}
+CONDITIONERS = {f.__name__: f for f in (ldm_cin256_v2_class_embedder,)}
 
 
 def get_config(arg=None):
-  names = sorted([*UNETS, *AUTOENCODERS])
+  blocks = {"unet": UNETS, "autoencoder": AUTOENCODERS, "conditioner": CONDITIONERS}
+  names = sorted(name for table in blocks.values() for name in table)
   if arg not in names:
     raise ValueError(f"configs/architectures.py:{arg}: choose one of {names}.")
   config = ml_collections.ConfigDict()
-  if arg in UNETS:
-    config.unet = UNETS[arg]()
-  else:
-    config.autoencoder = AUTOENCODERS[arg]()
+  for block, table in blocks.items():
+    if arg in table:
+      config[block] = table[arg]()
   return config

@@ -4,7 +4,8 @@
   python -m ldm_jax.convert ./stable-diffusion-v1-5 --subfolder=vae \
       --config=configs/architectures.py:sd_kl_f8 --out=DIR
 
-The config's `unet` and/or `autoencoder` blocks say what to build; each is filled from SRC.
+The config's `unet`, `autoencoder` and `conditioner` blocks say what to build; each is
+filled from SRC.
 """
 
 from absl import app
@@ -14,8 +15,8 @@ from ml_collections import config_flags
 from ldm_jax.convert import export
 from ldm_jax.convert import load
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config with unet/autoencoder "
-                                          "blocks.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config with unet / autoencoder / "
+                                          "conditioner blocks.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
 _SUBFOLDER = flags.DEFINE_string("subfolder", None, "Subfolder of a diffusers pipeline "
                                  "folder (e.g. unet, vae).")
@@ -35,8 +36,10 @@ def main(argv):
   if "autoencoder" in config:
     parts["autoencoder"] = load.import_autoencoder(source, config.autoencoder,
                                                    subfolder=_SUBFOLDER.value)
+  if "conditioner" in config:
+    parts["conditioner"] = load.import_conditioner(source, config.conditioner)
   if not parts:
-    raise app.UsageError("The config has neither a 'unet' nor an 'autoencoder' block.")
+    raise app.UsageError("The config has no 'unet', 'autoencoder' or 'conditioner' block.")
   export.write(_OUT.value, parts, config)
   print(f"wrote {', '.join(parts)} to {_OUT.value}")
 

@@ -95,3 +95,21 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
   renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target), name_of,
                                       prefix)
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
+
+
+def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
+  """A CompVis `cond_stage_model.*` class embedder (`embedding.weight`) as our ClassEmbedder.
+
+  CompVis's text conditioners (BERT via x-transformers, CLIP) are not importable: ours is
+  trained jointly from scratch.
+  """
+  if block.type != "class":
+    raise ValueError(f"conditioner.type={block.type!r}: only 'class' conditioners can be "
+                     f"imported from CompVis checkpoints.")
+  state = _read(source, None)
+  prefix = compvis.CONDITIONER_PREFIX if any(
+      k.startswith(compvis.CONDITIONER_PREFIX) for k in state) else ""
+  target = factory.param_shapes(factory.build_conditioner(block),
+                                factory.conditioner_example_inputs(block))
+  return torch_weights.to_flax({k: v for k, v in state.items() if k.startswith(prefix)},
+                               target, prefix=prefix)

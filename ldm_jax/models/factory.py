@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ldm_jax.models import conditioning
 from ldm_jax.models.autoencoder import AutoencoderKL
 from ldm_jax.models.unet import UNet
 from ldm_jax.models.vq import VQModel
@@ -43,6 +44,20 @@ def build_autoencoder(block: ml_collections.ConfigDict, **overrides):
                      f"{sorted(kinds)}.")
   cls = kinds[block.type]
   return cls(**_fields(block, cls, skip=("type",)), **overrides)
+
+
+def build_conditioner(block: ml_collections.ConfigDict, **overrides):
+  """`type='class'`: ClassEmbedder; `type='text'`: TextEncoder."""
+  kinds = {"class": conditioning.ClassEmbedder, "text": conditioning.TextEncoder}
+  if block.get("type") not in kinds:
+    raise ValueError(f"conditioner.type={block.get('type')!r}: expected one of "
+                     f"{sorted(kinds)}.")
+  cls = kinds[block.type]
+  return cls(**_fields(block, cls, skip=("type",)), **overrides)
+
+
+def conditioner_example_inputs(block: ml_collections.ConfigDict) -> tuple:
+  return (np.zeros((1,) if block.type == "class" else (1, block.max_length), np.int32),)
 
 
 def unet_example_inputs(block: ml_collections.ConfigDict) -> tuple:

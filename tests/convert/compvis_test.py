@@ -212,3 +212,19 @@ def test_old_diffusers_attention_names(tmp_path):
   np.testing.assert_array_equal(
       params["encoder"]["mid_block/attentions_0"]["to_out_0"]["kernel"],
       vae.state_dict()["encoder.mid_block.attentions.0.to_out.0.weight"].numpy().T)
+
+
+def test_class_embedder_from_compvis_checkpoint(tmp_path):
+  block = architectures.ldm_cin256_v2_class_embedder()
+  table = np.random.default_rng(0).standard_normal((1000, 512)).astype(np.float32)
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file({"cond_stage_model.embedding.weight": table,
+             "model.diffusion_model.conv_in.weight": np.zeros((1,), np.float32)},
+            str(tmp_path / "cin.safetensors"))
+  params = load.import_conditioner(str(tmp_path / "cin.safetensors"), block)
+  model = factory.build_conditioner(block)
+  context = model.apply({"params": params}, np.array([7, 999]))
+  np.testing.assert_array_equal(context[:, 0], table[[7, 999]])
+  block.add_null_class = True  # A 1,001-row table cannot take the released 1,000 rows.
+  with pytest.raises(torch_weights.WeightMismatchError, match=r"\(1000, 512\).*\(1001, 512\)"):
+    load.import_conditioner(str(tmp_path / "cin.safetensors"), block)

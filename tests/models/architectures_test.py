@@ -76,3 +76,11 @@ def test_factory_errors():
   c.channel_multt = (1,)
   with pytest.raises(ValueError, match=r"UNet has no setting\(s\) \['channel_multt'\]"):
     factory.build_unet(c)
+
+
+def test_architectures_as_config_file():
+  assert set(architectures.get_config("sd_v1_unet")) == {"unet"}
+  assert set(architectures.get_config("vq_f4")) == {"autoencoder"}
+  assert set(architectures.get_config("ldm_cin256_v2_class_embedder")) == {"conditioner"}
+  with pytest.raises(ValueError, match="architectures.py:sd_v3_unet: choose one of"):
+    architectures.get_config("sd_v3_unet")
