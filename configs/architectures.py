@@ -8,13 +8,17 @@ block).
 
 import ml_collections
 
+# Execution settings every model block carries, overridable on the command line, e.g.
+# --config.unet.dtype=bfloat16 --config.unet.attention_impl=cudnn --config.unet.remat=True
+EXECUTION = dict(dtype="float32", param_dtype="float32", remat=False, attention_impl="xla")
+
 
 def _unet(**kw) -> ml_collections.ConfigDict:
   base = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
               num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8,
               num_head_channels=-1, use_spatial_transformer=True, transformer_depth=1,
               context_dim=768, linear_projection=False, num_classes=None,
-              scale_shift=False, dropout=0.0)
+              scale_shift=False, dropout=0.0, **EXECUTION)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -22,7 +26,7 @@ def _unet(**kw) -> ml_collections.ConfigDict:
 def _autoencoder(kind: str, **kw) -> ml_collections.ConfigDict:
   base = dict(type=kind, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, attn_resolutions=(),
               resolution=256, in_channels=3, out_ch=3, z_channels=4, embed_dim=4,
-              dropout=0.0)
+              dropout=0.0, **EXECUTION)
   if kind == "vq":
     base.update(n_embed=8192, beta=0.25)
   base.update(kw)

@@ -84,3 +84,13 @@ def test_architectures_as_config_file():
   assert set(architectures.get_config("ldm_cin256_v2_class_embedder")) == {"conditioner"}
   with pytest.raises(ValueError, match="architectures.py:sd_v3_unet: choose one of"):
     architectures.get_config("sd_v3_unet")
+
+
+def test_execution_settings_reach_the_module():
+  c = architectures.sd_v1_unet()
+  c.dtype, c.attention_impl, c.remat = "bfloat16", "cudnn", True
+  unet = factory.build_unet(c)
+  assert (unet.dtype, unet.attention_impl, unet.remat) == (jax.numpy.bfloat16, "cudnn", True)
+  c.dtype = "float8"
+  with pytest.raises(ValueError, match="dtype='float8'"):
+    factory.build_unet(c)
