@@ -3,7 +3,8 @@
 One function per model family gives the CompVis name of a diffusers-named parameter; the
 importer inverts it over the target model's own parameters, so anything in a checkpoint that
 the model does not have is reported by name, never guessed. Checked in the tests against the
-converters diffusers ships (`diffusers.loaders.single_file_utils`).
+converters diffusers ships (`diffusers.loaders.single_file_utils`) and, end to end, against
+the original CompVis/Stability model code.
 
 Prefixes in a full LDM/SD checkpoint: `model.diffusion_model.` (UNet), `first_stage_model.`
 (autoencoder), `cond_stage_model.` (conditioner; ours: the class embedder).

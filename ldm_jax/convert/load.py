@@ -49,6 +49,11 @@ def _is_compvis(state: dict, markers: tuple[str, ...]) -> bool:
   return any(marker in key for key in state for marker in markers)
 
 
+def _prefix_in(state: dict, prefix: str) -> str:
+  """`prefix` if the checkpoint is a full LDM/SD one that uses it, else '' (standalone)."""
+  return prefix if any(k.startswith(prefix) for k in state) else ""
+
+
 def import_unet(source: str, block: ml_collections.ConfigDict, *,
                 subfolder: str | None = None, use_ema: bool = False) -> dict:
   """Our UNet parameters from `source` (see the module docstring)."""
@@ -61,8 +66,7 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
     return torch_weights.to_flax(_modern_diffusers_names(state), target)
   if use_ema:
     state = compvis.ema_view(state)
-  prefix = compvis.UNET_PREFIX if any(k.startswith(compvis.UNET_PREFIX) for k in state) \
-      else ""
+  prefix = _prefix_in(state, compvis.UNET_PREFIX)
   attention_levels = tuple(2**level in block.attention_resolutions
                            for level in range(len(block.channel_mult)))
   if not block.use_spatial_transformer:
@@ -89,8 +93,7 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
     state = {k: v for k, v in state.items() if k not in set(dropped)}
   if not _is_compvis(state, (".down.0.", ".mid.block_1.", ".up.0.")):
     return torch_weights.to_flax(_modern_diffusers_names(state), target)
-  prefix = compvis.AUTOENCODER_PREFIX if any(
-      k.startswith(compvis.AUTOENCODER_PREFIX) for k in state) else ""
+  prefix = _prefix_in(state, compvis.AUTOENCODER_PREFIX)
   name_of = lambda key: compvis.autoencoder_name(key, num_levels=len(block.ch_mult))
   renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target), name_of,
                                       prefix)
@@ -107,8 +110,7 @@ def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
     raise ValueError(f"conditioner.type={block.type!r}: only 'class' conditioners can be "
                      f"imported from CompVis checkpoints.")
   state = _read(source, None)
-  prefix = compvis.CONDITIONER_PREFIX if any(
-      k.startswith(compvis.CONDITIONER_PREFIX) for k in state) else ""
+  prefix = _prefix_in(state, compvis.CONDITIONER_PREFIX)
   target = factory.param_shapes(factory.build_conditioner(block),
                                 factory.conditioner_example_inputs(block))
   return torch_weights.to_flax({k: v for k, v in state.items() if k.startswith(prefix)},
