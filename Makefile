@@ -9,10 +9,12 @@ STAMP := $(VENV)/.ldm_jax-installed
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	# The original CompVis/Stability model code, a test reference for checkpoint imports: kept
-	# in its own folder (tests/conftest.py adds it to sys.path), without its dependencies.
+	# Test references for checkpoint imports, kept in their own folder (tests/conftest.py adds
+	# it to sys.path) without their dependencies: the original CompVis/Stability model code,
+	# and the x-transformers release whose layout LDM's text encoder copies.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
-	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5
+	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5 \
+	    x-transformers==0.15.0 entmax==1.3
 	touch $(STAMP)
 
 install: $(STAMP)

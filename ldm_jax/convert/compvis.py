@@ -98,6 +98,24 @@ def autoencoder_name(key: str, *, num_levels: int) -> str:
   return key  # quant_conv, post_quant_conv, quantize.embedding.weight keep their names.
 
 
+def text_encoder_name(key: str) -> str:
+  """LDM `BERTEmbedder` name (an x-transformers TransformerWrapper) of a TextEncoder param.
+
+  Its layers alternate [norm, attention, residual] and [norm, feed-forward, residual]:
+  our layer i is their layers 2i and 2i + 1.
+  """
+  if key == "pos_emb":
+    return "transformer.pos_emb.emb.weight"
+  if m := re.match(r"layers\.(\d+)\.(\w+)\.(.*)", key):
+    i, part, rest = int(m[1]), m[2], m[3]
+    table = {"norm_attn": (2 * i, "0"), "attn": (2 * i, "1"), "norm_mlp": (2 * i + 1, "0"),
+             "mlp_in": (2 * i + 1, "1.net.0.0"), "mlp_out": (2 * i + 1, "1.net.2")}
+    index, inner = table[part]
+    rest = rest.replace("to_out.0.", "to_out.")
+    return f"transformer.attn_layers.layers.{index}.{inner}.{rest}"
+  return f"transformer.{key}"  # token_emb.weight, norm.weight, norm.bias
+
+
 def split_fused_qkv(state_dict: Mapping[str, np.ndarray],
                     heads_for: Callable[[int], int]) -> dict[str, np.ndarray]:
   """openai AttentionBlock `qkv` (3C, C, 1) -> `qkv_q`, `qkv_k`, `qkv_v` (C, C, 1) each.

@@ -100,18 +100,30 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
 
 
-def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
-  """A CompVis `cond_stage_model.*` class embedder (`embedding.weight`) as our ClassEmbedder.
+# LDM's BERTEmbedder keeps an unused language-model head (x-transformers' to_logits).
+TEXT_ENCODER_UNUSED_KEYS = (r"\.to_logits\.",)
 
-  CompVis's text conditioners (BERT via x-transformers, CLIP) are not importable: ours is
-  trained jointly from scratch.
+
+def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
+  """A CompVis `cond_stage_model.*` conditioner as ours.
+
+  `type='class'`: ClassEmbedder (`embedding.weight`). `type='text'`: LDM's BERTEmbedder
+  transformer (set `head_dim=64`, LDM's width per head); its tokenizer is BERT's WordPiece,
+  so give the matching `vocab.txt` to `load_tokenizer`. CLIP text encoders are not ours and
+  are not imported.
   """
-  if block.type != "class":
-    raise ValueError(f"conditioner.type={block.type!r}: only 'class' conditioners can be "
-                     f"imported from CompVis checkpoints.")
   state = _read(source, None)
   prefix = _prefix_in(state, compvis.CONDITIONER_PREFIX)
   target = factory.param_shapes(factory.build_conditioner(block),
                                 factory.conditioner_example_inputs(block))
-  return torch_weights.to_flax({k: v for k, v in state.items() if k.startswith(prefix)},
-                               target, prefix=prefix)
+  if block.type == "class":
+    return torch_weights.to_flax({k: v for k, v in state.items() if k.startswith(prefix)},
+                                 target, prefix=prefix)
+  unused = [k for k in state if k.startswith(prefix) and
+            any(re.search(p, k) for p in TEXT_ENCODER_UNUSED_KEYS)]
+  if unused:
+    logging.info("Leaving out %d unused text-encoder keys (to_logits).", len(unused))
+  state = {k: v for k, v in state.items() if k not in set(unused)}
+  renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target),
+                                      compvis.text_encoder_name, prefix)
+  return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))

@@ -97,7 +97,8 @@ def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
     path = torch_path(key[len(prefix):])
     module, _, leaf = path.rpartition("/")
     candidates = _WEIGHT_LEAVES if leaf == "weight" else (leaf,)
-    match = next((f"{module}/{c}" for c in candidates if f"{module}/{c}" in targets), None)
+    paths = [f"{module}/{c}" if module else c for c in candidates]
+    match = next((p for p in paths if p in targets), None)
     if match is None:
       unexpected.append(f"{key} {tuple(np.shape(value))}")
       continue

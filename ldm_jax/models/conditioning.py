@@ -48,6 +48,7 @@ class TextEncoder(nn.Module):
   width: int = 512
   depth: int = 8
   heads: int = 8
+  head_dim: int | None = None  # None: width // heads. LDM's BERT-style tau_theta uses 64.
   mlp_ratio: int = 4
   dropout: float = 0.0
   deterministic: bool = True
@@ -68,7 +69,7 @@ class TextEncoder(nn.Module):
     h = h + positions[:tokens.shape[-1]].astype(self.dtype)
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name, **kw)
     for i in range(self.depth):
-      h = h + attention.CrossAttention(self.heads, self.width // self.heads,
+      h = h + attention.CrossAttention(self.heads, self.head_dim or self.width // self.heads,
                                        attention_impl=self.attention_impl,
                                        name=f"layers_{i}/attn", **kw)(
                                            norm(f"layers_{i}/norm_attn")(h))

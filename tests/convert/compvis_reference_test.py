@@ -8,6 +8,7 @@ outputs compared. This covers what diffusers' converters do not: openai attentio
 with a fused qkv (LDM celebahq256), attention inside autoencoder levels, label embeddings.
 """
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -118,3 +119,29 @@ def test_autoencoder_with_level_attention_from_compvis_code(tmp_path):
             "decode": ref.relative_error(ours_decoded, ref.nhwc(decoded))}
   print(f"CompVis autoencoder relative errors {errors}")
   assert max(errors.values()) <= TOLERANCE
+
+
+@pytest.mark.parity
+def test_text_encoder_from_ldm_bert_embedder(tmp_path):
+  """LDM's tau_theta is an x-transformers TransformerWrapper (0.15 layout) over BERT ids."""
+  x_transformers = pytest.importorskip("x_transformers")
+  theirs = x_transformers.TransformerWrapper(
+      num_tokens=100, max_seq_len=16,
+      attn_layers=x_transformers.Encoder(dim=48, depth=2))
+  ref.randomize(theirs, seed=8)
+  theirs.eval()
+  state = {f"{compvis.CONDITIONER_PREFIX}transformer.{k}": v.numpy()
+           for k, v in theirs.state_dict().items()}
+  assert any(".to_logits." in k for k in state)
+  path = str(tmp_path / "txt2img.safetensors")
+  save_file(state, path)
+  block = ml_collections.ConfigDict(dict(
+      type="text", vocab_size=100, max_length=16, width=48, depth=2, heads=8, head_dim=64))
+  params = load.import_conditioner(path, block)
+  tokens = np.random.default_rng(3).integers(0, 100, (2, 16)).astype(np.int64)
+  with torch.no_grad():
+    expected = theirs(torch.from_numpy(tokens), return_embeddings=True)
+  out = factory.build_conditioner(block).apply({"params": params}, tokens.astype(np.int32))
+  error = ref.relative_error(out, expected.numpy())
+  print(f"LDM text encoder relative error {error:.2e}")
+  assert error <= TOLERANCE
