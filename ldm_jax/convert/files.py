@@ -40,15 +40,9 @@ def read_file(path: str) -> dict[str, np.ndarray]:
   """name -> array from one weights file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No weights file {path}.")
-  if path.endswith(".safetensors"):
+  if path.endswith(".safetensors"):  # bf16 comes back as ml_dtypes.bfloat16 arrays.
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    try:
-      return dict(load_file(path))
-    except Exception as e:
-      if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
-        raise
-      from safetensors.torch import load_file as load_torch  # pylint: disable=g-import-not-at-top
-      return {k: _numpy(v) for k, v in load_torch(path).items()}
+    return dict(load_file(path))
   if path.endswith((".ckpt", ".pt", ".pth", ".bin")):
     return {k: _numpy(v) for k, v in _torch_load(path).items() if hasattr(v, "shape")}
   raise ValueError(f"{path}: expected a .safetensors, .ckpt, .pt, .pth or .bin file.")

@@ -3,7 +3,7 @@
 Our submodules carry diffusers' names, so a key maps by rule: `down_blocks.0.resnets.1.conv1.
 weight` -> `down_blocks_0/resnets_1/conv1/kernel`. Conv weights go OIHW -> HWIO, linear
 weights (out, in) -> (in, out), and a linear weight fills a 1x1 conv (or the reverse) where
-the two layouts meet. The result is checked against the target tree (from `jax.eval_shape`):
+the two layouts meet; values take the target's dtype (fp16/bf16 files -> float32 params). The result is checked against the target tree (from `jax.eval_shape`):
 every missing, unexpected or mis-shaped key is reported in one error, with both shapes.
 """
 
@@ -51,9 +51,9 @@ def _convert(value: np.ndarray, leaf: str, target_shape: tuple[int, ...]) -> np.
   return value
 
 
-def _flat_target(target) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+def _flat_target(target) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], Any]]:
   flat = flax.traverse_util.flatten_dict(nn.meta.unbox(target))
-  return {"/".join(path): (path, tuple(leaf.shape)) for path, leaf in flat.items()}
+  return {"/".join(path): (path, tuple(leaf.shape), leaf.dtype) for path, leaf in flat.items()}
 
 
 # Our names that stand for PyTorch lists (`resnets_1` <-> `resnets.1`).
@@ -102,14 +102,15 @@ def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
     if match is None:
       unexpected.append(f"{key} {tuple(np.shape(value))}")
       continue
-    tree_path, shape = targets[match]
+    tree_path, shape, dtype = targets[match]
     array = _convert(_to_numpy(value), tree_path[-1], shape)
     if array.shape != shape:
       misshaped.append(f"{key} {tuple(np.shape(value))} -> {match}: converted {array.shape}, "
                        f"expected {shape}")
       continue
-    filled[tree_path] = array
-  missing = [f"{name} {shape}" for name, (path, shape) in targets.items()
+    # fp16/bf16 checkpoints become the model's parameter dtype (float32 by default).
+    filled[tree_path] = np.asarray(array, dtype=dtype)
+  missing = [f"{name} {shape}" for name, (path, shape, _) in targets.items()
              if path not in filled]
   if unexpected or misshaped or missing:
     sections = [("unexpected (no such parameter)", unexpected),

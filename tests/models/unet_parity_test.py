@@ -30,6 +30,9 @@ SELF_ATTENTION = {
                                     num_classes=5, in_channels=3, out_channels=3),
     "three_levels": dict(channel_mult=(1, 2, 3), num_res_blocks=1,
                          attention_resolutions=(1, 4), num_head_channels=16),
+    "concat_input_two_res_blocks": dict(channel_mult=(1, 1, 2), num_res_blocks=2,
+                                        attention_resolutions=(4,), num_head_channels=32,
+                                        in_channels=6, out_channels=3),
 }
 
 
