@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import common
@@ -237,8 +236,3 @@ class LdmJaxTestPaired(tfds.core.GeneratorBasedBuilder):
     for i in range(8):
       gray = rng.integers(0, 255, (30 + i, 40, 1), np.uint8)
       yield i, {"image": np.repeat(gray, 3, axis=-1), "thermal": gray}
-
-
-def test_tf_stays_off_accelerators():
-  pipeline._keep_tf_off_accelerators()  # pylint: disable=protected-access
-  assert not tf.config.get_visible_devices("GPU")
