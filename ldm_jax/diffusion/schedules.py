@@ -17,8 +17,18 @@ import numpy as np
 
 @flax.struct.dataclass
 class DiscreteSchedule:
-  """alphas_cumprod[t] = alpha_t^2 for t = 0 .. T-1, float32."""
+  """alphas_cumprod[t] = alpha_t^2 and sigmas_squared[t] = 1 - alpha_t^2, t = 0 .. T-1.
+
+  Both float32 tables, each computed in float64: 1 - alphas_cumprod in float32 would lose
+  digits where alpha_t ~ 1 (small t), which matters for log-SNR-based solvers.
+  """
   alphas_cumprod: jax.Array
+  sigmas_squared: jax.Array
+
+  @classmethod
+  def from_alphas_cumprod(cls, alphas_cumprod) -> "DiscreteSchedule":
+    a = np.asarray(alphas_cumprod, np.float64)
+    return cls(jnp.asarray(a, jnp.float32), jnp.asarray(1.0 - a, jnp.float32))
 
   @property
   def num_timesteps(self) -> int:
@@ -28,16 +38,14 @@ class DiscreteSchedule:
     return jnp.sqrt(self.alphas_cumprod[t])
 
   def sigma(self, t):
-    return jnp.sqrt(1.0 - self.alphas_cumprod[t])
+    return jnp.sqrt(self.sigmas_squared[t])
 
   def logsnr(self, t):
-    a = self.alphas_cumprod[t]
-    return jnp.log(a) - jnp.log1p(-a)
+    return jnp.log(self.alphas_cumprod[t]) - jnp.log(self.sigmas_squared[t])
 
 
 def _from_betas(betas: np.ndarray) -> DiscreteSchedule:
-  alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, np.float64))
-  return DiscreteSchedule(jnp.asarray(alphas_cumprod, jnp.float32))
+  return DiscreteSchedule.from_alphas_cumprod(np.cumprod(1.0 - np.asarray(betas, np.float64)))
 
 
 def linear(num_timesteps: int = 1000, beta_start: float = 1e-4,
@@ -74,7 +82,7 @@ def rescale_zero_terminal_snr(schedule: DiscreteSchedule) -> DiscreteSchedule:
   root = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
   first, last = root[0], root[-1]
   root = (root - last) * first / (first - last)
-  return DiscreteSchedule(jnp.asarray(root**2, jnp.float32))
+  return DiscreteSchedule.from_alphas_cumprod(root**2)
 
 
 # Continuous schedules: t in [0, 1] -> logSNR (float32).
