@@ -132,10 +132,16 @@ def _call(model_fn, x, t):
   return model_fn(x, jnp.full(x.shape[:1], t, jnp.int32))
 
 
+def _identity_pre_step(x, t, index):
+  del t, index
+  return x
+
+
 def _ancestral_loop(model_fn, schedule, x, pairs, keys, *, sampler, prediction, eta,
-                    final_alpha_cumprod, stochastic):
+                    final_alpha_cumprod, stochastic, pre_step):
   def body(x, inputs):
-    (t, t_prev), step_key = inputs
+    (t, t_prev), step_key, index = inputs
+    x = pre_step(x, t, index)
     out = _call(model_fn, x, t)
     noise = jax.random.normal(step_key, x.shape, x.dtype) if stochastic else None
     if sampler == "ddim":
@@ -145,16 +151,17 @@ def _ancestral_loop(model_fn, schedule, x, pairs, keys, *, sampler, prediction, 
       x, x0 = ddpm_step(schedule, prediction=prediction, x=x, out=out, t=t, t_prev=t_prev,
                         noise=noise)
     return x, (x, x0)
-  return jax.lax.scan(body, x, (pairs, keys))
+  return jax.lax.scan(body, x, (pairs, keys, jnp.arange(pairs.shape[0])))
 
 
-def _plms_loop(model_fn, schedule, x, pairs, *, prediction, final_alpha_cumprod):
+def _plms_loop(model_fn, schedule, x, pairs, *, prediction, final_alpha_cumprod, pre_step):
   """Pseudo linear multistep (Liu et al. 2022): an improved-Euler first step, then
   Adams-Bashforth combinations of up to four outputs."""
   update = lambda x, out, t, t_prev: plms_update(
       schedule, prediction=prediction, x=x, out=out, t=t, t_prev=t_prev,
       final_alpha_cumprod=final_alpha_cumprod)
   t0, t0_prev = pairs[0]
+  x = pre_step(x, t0, 0)
   first = _call(model_fn, x, t0)
   if pairs.shape[0] == 1:
     x, x0 = update(x, first, t0, t0_prev)
@@ -163,38 +170,43 @@ def _plms_loop(model_fn, schedule, x, pairs, *, prediction, final_alpha_cumprod)
   x, x0 = update(x, (first + _call(model_fn, x_euler, t0_prev)) / 2, t0, t0_prev)
   history = jnp.stack([first] + [jnp.zeros_like(first)] * 2)
 
-  def body(carry, pair):
+  def body(carry, inputs):
     x, history, count = carry
-    t, t_prev = pair
+    (t, t_prev), index = inputs
+    x = pre_step(x, t, index)
     out = _call(model_fn, x, t)
     outputs = jnp.concatenate([out[None], history])
     x, x0 = update(x, plms_combine(outputs, count + 1), t, t_prev)
     return (x, outputs[:3], count + 1), (x, x0)
 
-  (x_last, _, _), (xs, x0s) = jax.lax.scan(body, (x, history, jnp.int32(1)), pairs[1:])
+  (x_last, _, _), (xs, x0s) = jax.lax.scan(body, (x, history, jnp.int32(1)),
+                                           (pairs[1:], jnp.arange(1, pairs.shape[0])))
   return x_last, (jnp.concatenate([x[None], xs]), jnp.concatenate([x0[None], x0s]))
 
 
-def _dpm_solver_pp_loop(model_fn, schedule, x, timesteps, *, prediction):
+def _dpm_solver_pp_loop(model_fn, schedule, x, timesteps, *, prediction, pre_step):
   """DPM-Solver++(2M): first order on the first and last steps, second order between."""
   t_next = jnp.concatenate([timesteps[1:], jnp.array([-1], jnp.int32)])
-  step = lambda x, t, t_prev, **kw: dpm_solver_pp_step(
-      schedule, prediction=prediction, x=x, out=_call(model_fn, x, t), t=t, t_prev=t_prev,
-      **kw)
-  x, x0 = step(x, timesteps[0], t_next[0])
+  def step(x, t, t_prev, index, **kw):
+    x = pre_step(x, t, index)
+    return dpm_solver_pp_step(schedule, prediction=prediction, x=x,
+                              out=_call(model_fn, x, t), t=t, t_prev=t_prev, **kw)
+
+  count = timesteps.shape[0]
+  x, x0 = step(x, timesteps[0], t_next[0], 0)
   xs, x0s = [x], [x0]
   if timesteps.shape[0] > 2:
     def body(carry, inputs):
       x, previous_x0, t_previous = carry
-      t, t_prev = inputs
-      x, x0 = step(x, t, t_prev, previous_x0=previous_x0, t_previous=t_previous)
+      t, t_prev, index = inputs
+      x, x0 = step(x, t, t_prev, index, previous_x0=previous_x0, t_previous=t_previous)
       return (x, x0, t), (x, x0)
     (x, x0, _), (mid_x, mid_x0) = jax.lax.scan(
-        body, (x, x0, timesteps[0]), (timesteps[1:-1], t_next[1:-1]))
+        body, (x, x0, timesteps[0]), (timesteps[1:-1], t_next[1:-1], jnp.arange(1, count - 1)))
     xs.append(mid_x)
     x0s.append(mid_x0)
   if timesteps.shape[0] > 1:
-    x, x0 = step(x, timesteps[-1], t_next[-1])
+    x, x0 = step(x, timesteps[-1], t_next[-1], count - 1)
     xs.append(x[None])
     x0s.append(x0[None])
   stack = lambda parts: jnp.concatenate([parts[0][None]] + parts[1:])
@@ -204,7 +216,7 @@ def _dpm_solver_pp_loop(model_fn, schedule, x, timesteps, *, prediction):
 def sample(model_fn: ModelFn, schedule: DiscreteSchedule, x_T, *, key=None,
            sampler: str = "ddim", steps: int = 50, prediction: str = "eps",
            eta: float = 0.0, timestep_offset: int = 0, final_alpha_cumprod: float = 1.0,
-           return_intermediates: bool = False):
+           inpaint=None, return_intermediates: bool = False):
   """Runs `sampler` from x_T in `steps` steps; jit-able (model_fn is traced once per loop).
 
   Samplers: 'ddim' (eta), 'ddpm' (ancestral), 'plms' (steps + 1 model calls) on diffusers'
@@ -212,30 +224,57 @@ def sample(model_fn: ModelFn, schedule: DiscreteSchedule, x_T, *, key=None,
   timesteps. `final_alpha_cumprod` is alpha^2 past the last step for ddim/plms (1.0, or
   alphas_cumprod[0] as Stable Diffusion). With `return_intermediates`, also returns
   {'x': x after each step, 'x0': the x0 prediction of each step} ([steps, ...] each).
-  `key` is needed whenever noise is added (ddpm, or ddim with eta > 0).
+  `key` is needed whenever noise is added (ddpm, ddim with eta > 0, or inpainting).
+
+  `inpaint=(x0_known, mask)` (mask 1 where x0_known is kept, broadcastable to x) blends the
+  known region, re-noised to the current step's level, into x before every step, and puts
+  x0_known back at the end: inpainting with an unconditional model.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}.")
   if prediction not in process.PREDICTIONS:
     raise ValueError(f"prediction={prediction!r}: expected one of {process.PREDICTIONS}.")
   stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
-  if stochastic and key is None:
-    raise ValueError(f"sampler={sampler!r} with eta={eta} adds noise: pass a PRNG key.")
+  if (stochastic or inpaint is not None) and key is None:
+    raise ValueError(f"sampler={sampler!r} with eta={eta}"
+                     f"{' and inpainting' if inpaint is not None else ''} adds noise: pass "
+                     f"a PRNG key.")
+  pre_step = _identity_pre_step
+  if inpaint is not None:
+    known, mask = (jnp.asarray(v, x_T.dtype) for v in inpaint)
+    if known.shape != x_T.shape:
+      raise ValueError(f"inpaint: the known image has shape {known.shape}; x_T has "
+                       f"{x_T.shape}.")
+    try:
+      jnp.broadcast_shapes(mask.shape, x_T.shape)
+    except ValueError as e:
+      raise ValueError(f"inpaint: mask shape {mask.shape} does not broadcast to x_T's "
+                       f"{x_T.shape}.") from e
+    blend_key, key = jax.random.split(key)
+
+    def pre_step(x, t, index):
+      noise = jax.random.normal(jax.random.fold_in(blend_key, index), x.shape, x.dtype)
+      safe = jnp.clip(t, 0, schedule.num_timesteps - 1)
+      noisy = (jnp.sqrt(schedule.alphas_cumprod[safe]) * known
+               + jnp.sqrt(schedule.sigmas_squared[safe]) * noise)
+      return mask * noisy + (1.0 - mask) * x
   if sampler == "dpm_solver++":
     timesteps = jnp.asarray(linspace_timesteps(schedule.num_timesteps, steps))
     x, (xs, x0s) = _dpm_solver_pp_loop(model_fn, schedule, x_T, timesteps,
-                                       prediction=prediction)
+                                       prediction=prediction, pre_step=pre_step)
   else:
     timesteps = leading_timesteps(schedule.num_timesteps, steps, timestep_offset)
     ratio = schedule.num_timesteps // steps
     pairs = jnp.asarray(np.stack([timesteps, timesteps - ratio], axis=1))
     if sampler == "plms":
       x, (xs, x0s) = _plms_loop(model_fn, schedule, x_T, pairs, prediction=prediction,
-                                final_alpha_cumprod=final_alpha_cumprod)
+                                final_alpha_cumprod=final_alpha_cumprod, pre_step=pre_step)
     else:
       keys = jax.random.split(key, steps) if stochastic else jnp.zeros((steps,), jnp.uint32)
       x, (xs, x0s) = _ancestral_loop(model_fn, schedule, x_T, pairs, keys, sampler=sampler,
                                      prediction=prediction, eta=eta,
                                      final_alpha_cumprod=final_alpha_cumprod,
-                                     stochastic=stochastic)
+                                     stochastic=stochastic, pre_step=pre_step)
+  if inpaint is not None:
+    x = mask * known + (1.0 - mask) * x
   return (x, {"x": xs, "x0": x0s}) if return_intermediates else x

@@ -61,3 +61,32 @@ def test_gaussian_oracle(sampler):
   map_errors = [errors[steps][2] for steps in (10, 50, 250)]
   assert map_errors[0] > map_errors[1] and map_errors[0] > map_errors[2], map_errors
   assert map_errors[2] < 0.05, map_errors
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 250), ("plms", 50), ("dpm_solver++", 100)])
+def test_inpainting_keeps_the_known_region_and_samples_the_rest(sampler, steps):
+  """Dimensions are independent here, so the unknown half must still follow N(mu, s^2)."""
+  rng = np.random.default_rng(1)
+  known = (MU + STD * rng.standard_normal((NUM_SAMPLES, DIMS))).astype(np.float32)
+  mask = (np.arange(DIMS) < DIMS // 2).astype(np.float32)
+  a = float(SCHEDULE.alphas_cumprod[_first_timestep(sampler, steps)])
+  x_T = (np.sqrt(a) * MU + np.sqrt(a * STD**2 + 1.0 - a)
+         * rng.standard_normal((NUM_SAMPLES, DIMS))).astype(np.float32)
+  run = jax.jit(lambda x, key: samplers.sample(
+      oracle, SCHEDULE, x, key=key, sampler=sampler, steps=steps, inpaint=(known, mask)))
+  x0 = np.asarray(run(x_T, jax.random.key(0)))
+  np.testing.assert_array_equal(x0[:, :DIMS // 2], known[:, :DIMS // 2])
+  free = slice(DIMS // 2, DIMS)
+  assert np.abs(x0[:, free].mean(0) - MU[free]).max() < 3 * STD.max() / np.sqrt(NUM_SAMPLES)
+  assert np.abs(x0[:, free].std(0) - STD[free]).max() < 0.05
+
+
+def test_inpainting_input_errors():
+  x = np.zeros((2, DIMS), np.float32)
+  with pytest.raises(ValueError, match="pass a PRNG key"):
+    samplers.sample(oracle, SCHEDULE, x, inpaint=(x, np.ones(DIMS)))
+  with pytest.raises(ValueError, match=r"known image has shape \(3, 8\)"):
+    samplers.sample(oracle, SCHEDULE, x, key=jax.random.key(0),
+                    inpaint=(np.zeros((3, DIMS)), np.ones(DIMS)))
+  with pytest.raises(ValueError, match=r"mask shape \(5,\) does not broadcast"):
+    samplers.sample(oracle, SCHEDULE, x, key=jax.random.key(0), inpaint=(x, np.ones(5)))
