@@ -217,7 +217,10 @@ def sample(model_fn: ModelFn, schedule: DiscreteSchedule, x_T, *, key=None,
            sampler: str = "ddim", steps: int = 50, prediction: str = "eps",
            eta: float = 0.0, timestep_offset: int = 0, final_alpha_cumprod: float = 1.0,
            inpaint=None, return_intermediates: bool = False):
-  """Runs `sampler` from x_T in `steps` steps; jit-able (model_fn is traced once per loop).
+  """Runs `sampler` from x_T in `steps` steps; jit-able, the steps run in `lax.scan`.
+
+  (model_fn is traced once for ddpm/ddim; up to three times for plms and dpm_solver++,
+  whose first and last steps sit outside the scan.)
 
   Samplers: 'ddim' (eta), 'ddpm' (ancestral), 'plms' (steps + 1 model calls) on diffusers'
   'leading' timesteps shifted by `timestep_offset`; 'dpm_solver++' (2M) on 'linspace'
