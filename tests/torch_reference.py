@@ -6,6 +6,7 @@ import numpy as np
 torch = __import__("pytest").importorskip("torch")
 
 from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top
+from ldm_jax.models import factory  # pylint: disable=g-import-not-at-top
 
 
 def randomize(module, seed: int = 0) -> None:
@@ -29,11 +30,10 @@ def randomize(module, seed: int = 0) -> None:
         param.copy_(noise)
 
 
-def params_from(module, flax_model, *init_args, **init_kwargs):
+def params_from(module, flax_model, *init_args):
   """Our parameter tree holding the torch module's weights (strict conversion)."""
-  shapes = jax.eval_shape(lambda: flax_model.init(
-      {"params": jax.random.key(0), "sample": jax.random.key(1)}, *init_args, **init_kwargs))
-  return torch_weights.to_flax(module.state_dict(), shapes["params"])
+  shapes = factory.param_shapes(flax_model, init_args)
+  return torch_weights.to_flax(module.state_dict(), shapes)
 
 
 def nchw(x: np.ndarray):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ldm_jax.convert import torch_weights
+
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                 "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
 
@@ -27,15 +29,6 @@ def _torch_load(path: str) -> dict[str, Any]:
   return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def _numpy(value) -> np.ndarray:
-  if hasattr(value, "detach"):
-    value = value.detach().cpu()
-    if str(value.dtype) == "torch.bfloat16":
-      value = value.float()
-    return value.numpy()
-  return np.asarray(value)
-
-
 def read_file(path: str) -> dict[str, np.ndarray]:
   """name -> array from one weights file."""
   if not os.path.isfile(path):
@@ -44,7 +37,7 @@ def read_file(path: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     return dict(load_file(path))
   if path.endswith((".ckpt", ".pt", ".pth", ".bin")):
-    return {k: _numpy(v) for k, v in _torch_load(path).items() if hasattr(v, "shape")}
+    return {k: torch_weights.to_numpy(v) for k, v in _torch_load(path).items() if hasattr(v, "shape")}
   raise ValueError(f"{path}: expected a .safetensors, .ckpt, .pt, .pth or .bin file.")
 
 

@@ -103,7 +103,7 @@ def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
       unexpected.append(f"{key} {tuple(np.shape(value))}")
       continue
     tree_path, shape, dtype = targets[match]
-    array = _convert(_to_numpy(value), tree_path[-1], shape)
+    array = _convert(to_numpy(value), tree_path[-1], shape)
     if array.shape != shape:
       misshaped.append(f"{key} {tuple(np.shape(value))} -> {match}: converted {array.shape}, "
                        f"expected {shape}")
@@ -121,7 +121,8 @@ def to_flax(state_dict: Mapping[str, Any], target, *, prefix: str = "",
   return flax.traverse_util.unflatten_dict(filled)
 
 
-def _to_numpy(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
+  """A numpy array from a numpy array, a list, or a torch tensor (bfloat16 -> float32)."""
   if hasattr(value, "detach"):  # torch.Tensor, without importing torch here.
     value = value.detach().cpu()
     if str(value.dtype) == "torch.bfloat16":

@@ -38,23 +38,27 @@ _PLMS_WEIGHTS = np.array([[1.0, 0.0, 0.0, 0.0], [1.5, -0.5, 0.0, 0.0],
                           [55 / 24, -59 / 24, 37 / 24, -9 / 24]], np.float32)
 
 
-def _alphas(schedule: DiscreteSchedule, t, final_alpha_cumprod):
-  """alphas_cumprod at t, or `final_alpha_cumprod` where t < 0 (past the last step)."""
+def _tables(schedule: DiscreteSchedule, t, x, final_alpha_cumprod: float = 1.0):
+  """(alpha^2, sigma^2) at t, shaped to multiply x; past the last step (t < 0) alpha^2 is
+  `final_alpha_cumprod`."""
   safe = jnp.clip(t, 0, schedule.num_timesteps - 1)
-  return jnp.where(t >= 0, schedule.alphas_cumprod[safe], final_alpha_cumprod)
+  valid = t >= 0
+  a = jnp.where(valid, schedule.alphas_cumprod[safe], final_alpha_cumprod)
+  s2 = jnp.where(valid, schedule.sigmas_squared[safe], 1.0 - final_alpha_cumprod)
+  return process.broadcast(a, x), process.broadcast(s2, x)
 
 
 def ddim_step(schedule: DiscreteSchedule, *, prediction: str, x, out, t, t_prev,
               eta: float = 0.0, noise=None, final_alpha_cumprod: float = 1.0):
   """One DDIM step t -> t_prev (Song et al.); eta = 1 is DDPM-like ancestral noise."""
-  a_t = process.broadcast(_alphas(schedule, t, final_alpha_cumprod), x)
-  a_prev = process.broadcast(_alphas(schedule, t_prev, final_alpha_cumprod), x)
-  alpha, sigma = jnp.sqrt(a_t), jnp.sqrt(1.0 - a_t)
+  a_t, s2_t = _tables(schedule, t, x, final_alpha_cumprod)
+  a_prev, s2_prev = _tables(schedule, t_prev, x, final_alpha_cumprod)
+  alpha, sigma = jnp.sqrt(a_t), jnp.sqrt(s2_t)
   x0 = process.x0_from(prediction=prediction, x=x, out=out, alpha=alpha, sigma=sigma)
   eps = process.eps_from(prediction=prediction, x=x, out=out, alpha=alpha, sigma=sigma)
-  variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+  variance = s2_prev / s2_t * (1.0 - a_t / a_prev)
   std = eta * jnp.sqrt(variance)
-  x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev - std**2) * eps
+  x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(s2_prev - std**2) * eps
   if noise is not None:
     x_prev = x_prev + std * noise
   return x_prev, x0
@@ -63,16 +67,16 @@ def ddim_step(schedule: DiscreteSchedule, *, prediction: str, x, out, t, t_prev,
 def ddpm_step(schedule: DiscreteSchedule, *, prediction: str, x, out, t, t_prev,
               noise=None):
   """One ancestral step t -> t_prev with the posterior variance ('fixed_small')."""
-  a_t = process.broadcast(_alphas(schedule, t, 1.0), x)
-  a_prev = process.broadcast(_alphas(schedule, t_prev, 1.0), x)
-  alpha, sigma = jnp.sqrt(a_t), jnp.sqrt(1.0 - a_t)
-  x0 = process.x0_from(prediction=prediction, x=x, out=out, alpha=alpha, sigma=sigma)
+  a_t, s2_t = _tables(schedule, t, x)
+  a_prev, s2_prev = _tables(schedule, t_prev, x)
+  x0 = process.x0_from(prediction=prediction, x=x, out=out, alpha=jnp.sqrt(a_t),
+                       sigma=jnp.sqrt(s2_t))
   step_alpha = a_t / a_prev
   step_beta = 1.0 - step_alpha
-  mean = (jnp.sqrt(a_prev) * step_beta / (1.0 - a_t) * x0
-          + jnp.sqrt(step_alpha) * (1.0 - a_prev) / (1.0 - a_t) * x)
+  mean = (jnp.sqrt(a_prev) * step_beta / s2_t * x0
+          + jnp.sqrt(step_alpha) * s2_prev / s2_t * x)
   if noise is not None:
-    variance = jnp.maximum((1.0 - a_prev) / (1.0 - a_t) * step_beta, 1e-20)
+    variance = jnp.maximum(s2_prev / s2_t * step_beta, 1e-20)
     last = process.broadcast(t_prev < 0, x)
     mean = mean + jnp.where(last, 0.0, jnp.sqrt(variance)) * noise
   return mean, x0
@@ -90,9 +94,9 @@ def plms_update(schedule: DiscreteSchedule, *, prediction: str, x, out, t, t_pre
 
   A combined v output is turned into eps at the current x (diffusers' PNDM does the same).
   """
-  a_t = process.broadcast(_alphas(schedule, t, final_alpha_cumprod), x)
+  a_t, s2_t = _tables(schedule, t, x, final_alpha_cumprod)
   eps = process.eps_from(prediction=prediction, x=x, out=out, alpha=jnp.sqrt(a_t),
-                         sigma=jnp.sqrt(1.0 - a_t))
+                         sigma=jnp.sqrt(s2_t))
   return ddim_step(schedule, prediction="eps", x=x, out=eps, t=t, t_prev=t_prev,
                    final_alpha_cumprod=final_alpha_cumprod)
 
@@ -106,9 +110,7 @@ def dpm_solver_pp_step(schedule: DiscreteSchedule, *, prediction: str, x, out, t
   Returns (x_prev, x0).
   """
   def alpha_sigma_lambda(time):  # time < 0: the end, alpha = 1, sigma = 0.
-    safe = jnp.clip(time, 0, schedule.num_timesteps - 1)
-    a = process.broadcast(jnp.where(time >= 0, schedule.alphas_cumprod[safe], 1.0), x)
-    s2 = process.broadcast(jnp.where(time >= 0, schedule.sigmas_squared[safe], 0.0), x)
+    a, s2 = _tables(schedule, time, x)
     alpha, sigma = jnp.sqrt(a), jnp.sqrt(s2)
     return alpha, sigma, jnp.log(alpha) - jnp.log(sigma)
 
