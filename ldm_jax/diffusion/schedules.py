@@ -102,12 +102,32 @@ def logsnr_shifted_cosine(t, image_size: int, base_size: int = 64, **kwargs):
 
 def logsnr_interpolated_cosine(t, image_size: int, low_size: int = 32,
                                high_size: int = 256, **kwargs):
-  """simple diffusion's interpolated schedule: from the shift for `high_size` at t = 0 to
-  the shift for `low_size` at t = 1 (linearly in t)."""
+  """simple diffusion's interpolated schedule, t logSNR_shift(low) + (1 - t) logSNR_shift(high).
+
+  Generation starts (t = 1) on the strongly shifted low-resolution schedule and ends (t = 0)
+  on the high-resolution one, as in the paper's appendix code and lucidrains'
+  denoising-diffusion-pytorch. (k-diffusion's `rand_cosine_interpolated` interpolates the
+  other way round and also shifts the truncation bounds.)
+  """
   t = jnp.asarray(t, jnp.float32)
   high = logsnr_shifted_cosine(t, image_size, base_size=high_size, **kwargs)
   low = logsnr_shifted_cosine(t, image_size, base_size=low_size, **kwargs)
   return (1.0 - t) * high + t * low
+
+
+def discretize(logsnr_fn, num_timesteps: int = 1000) -> DiscreteSchedule:
+  """The discrete view of a continuous schedule: step i in [0, T) is t = (i + 1) / T.
+
+  E.g. `discretize(functools.partial(logsnr_shifted_cosine, image_size=128))` runs simple
+  diffusion's schedule through the DDPM/DDIM/PLMS/DPM-Solver++ samplers.
+  """
+  t = np.arange(1, num_timesteps + 1, dtype=np.float64) / num_timesteps
+  logsnr = np.asarray(logsnr_fn(t), np.float64)
+  if logsnr.shape != (num_timesteps,) or not np.all(np.isfinite(logsnr)):
+    raise ValueError(f"logsnr_fn must map t [{num_timesteps}] to finite logSNRs of the same "
+                     f"shape; got shape {logsnr.shape}.")
+  return DiscreteSchedule(jnp.asarray(1.0 / (1.0 + np.exp(-logsnr)), jnp.float32),
+                          jnp.asarray(1.0 / (1.0 + np.exp(logsnr)), jnp.float32))
 
 
 def alpha_sigma(logsnr):

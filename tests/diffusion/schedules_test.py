@@ -1,5 +1,6 @@
 """Schedule identities and the parameterisations of the forward process."""
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -34,6 +35,17 @@ def test_continuous_identities_and_shift():
   mixed = schedules.logsnr_interpolated_cosine(t, image_size=512, low_size=32, high_size=256)
   np.testing.assert_allclose(mixed[0], base[0] + 2 * math.log(256 / 512), atol=1e-4)
   np.testing.assert_allclose(mixed[-1], base[-1] + 2 * math.log(32 / 512), atol=1e-4)
+
+
+def test_discretize_is_the_continuous_schedule_at_steps():
+  fn = functools.partial(schedules.logsnr_shifted_cosine, image_size=256, base_size=64)
+  s = schedules.discretize(fn, 100)
+  t = jnp.arange(100)
+  np.testing.assert_allclose(s.logsnr(t), fn((t + 1) / 100), atol=2e-4)
+  np.testing.assert_allclose(s.alphas_cumprod + s.sigmas_squared, 1.0, atol=1e-6)
+  assert bool(jnp.all(jnp.diff(s.logsnr(t)) < 0))
+  with pytest.raises(ValueError, match="finite logSNRs"):
+    schedules.discretize(lambda t: -jnp.log(t - t), 10)
 
 
 @pytest.mark.parametrize("prediction", process.PREDICTIONS)
