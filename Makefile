@@ -11,10 +11,11 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	# Test references for checkpoint imports, kept in their own folder (tests/conftest.py adds
 	# it to sys.path) without their dependencies: the original CompVis/Stability model code,
-	# and the x-transformers release whose layout LDM's text encoder copies.
+	# the x-transformers release whose layout LDM's text encoder copies, taming-transformers
+	# (PatchGAN discriminator and the autoencoder losses) and the lpips package (its heads).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5 \
-	    x-transformers==0.15.0 entmax==1.3
+	    x-transformers==0.15.0 entmax==1.3 taming-transformers==0.0.1 lpips==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)
