@@ -61,6 +61,12 @@ def sd_kl_f8():
   return _autoencoder("kl")
 
 
+def kl_f4(**overrides):
+  """LDM's kl-f4 (3 latent channels, three levels)."""
+  return _autoencoder("kl", **{**dict(ch_mult=(1, 2, 4), z_channels=3, embed_dim=3),
+                               **overrides})
+
+
 def vq_f4():
   """LDM's vq-f4 (3 latent channels, 8192 codes)."""
   return _autoencoder("vq", ch_mult=(1, 2, 4), z_channels=3, embed_dim=3)
@@ -78,7 +84,7 @@ def ldm_cin256_v2_class_embedder():
 
 UNETS = {f.__name__: f for f in (sd_v1_unet, sd_v2_unet, ldm_cin256_v2_unet,
                                  ldm_celebahq256_unet)}
-AUTOENCODERS = {f.__name__: f for f in (sd_kl_f8, vq_f4)}
+AUTOENCODERS = {f.__name__: f for f in (sd_kl_f8, kl_f4, vq_f4)}
 CONDITIONERS = {f.__name__: f for f in (ldm_cin256_v2_class_embedder,)}
 
 

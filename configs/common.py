@@ -76,3 +76,86 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = mesh_config()
   config.data = data_config()
   return config
+
+
+def training_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the loop's fields (steps, cadences, checkpoints, non-finite policy) to `config`."""
+  config.num_steps = 100_000
+  config.log_every = 50  # Train metrics written every this many steps.
+  config.eval_every = 5_000  # Eval split (and image grids) every this many steps.
+  config.eval_batches = config_dict.placeholder(int)  # None: the whole eval split.
+  config.checkpoint_every = 5_000
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      max_to_keep=3,  # Newest kept; None keeps all.
+      keep_period=config_dict.placeholder(int),  # Also keep every step divisible by this.
+      async_save=True))
+  config.nonfinite = "skip"  # Non-finite loss/grads: 'skip' the update or 'stop' the run.
+  return config
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """See ldm_jax/training/optim.py for every field."""
+  config = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      schedule="constant", warmup_steps=0, decay_steps=config_dict.placeholder(int),
+      end_learning_rate=0.0, grad_clip_norm=config_dict.placeholder(float),
+      accumulate_steps=1, frozen=()))
+  config.update(overrides)
+  return config
+
+
+def autoencoder_loss_config(**overrides) -> ml_collections.ConfigDict:
+  """CompVis LPIPSWithDiscriminator / taming VQLPIPSWithDiscriminator settings."""
+  config = ml_collections.ConfigDict(dict(
+      rec_loss="l1",  # 'l1' or 'l2' pixel term.
+      perceptual_weight=1.0,  # LPIPS weight; > 0 needs lpips_weights (never random VGG).
+      lpips_weights=config_dict.placeholder(str),
+      logvar_init=0.0,
+      learn_logvar=False,  # CompVis keeps logvar out of the optimiser; True trains it.
+      kl_weight=1e-6,  # KL models.
+      codebook_weight=1.0,  # VQ models.
+      disc_start=50_001,  # Step from which the adversarial terms are on.
+      disc_factor=1.0,
+      disc_weight=0.5,  # Multiplies the adaptive weight.
+      disc_loss="hinge",  # 'hinge' or 'vanilla'.
+      disc_ndf=64,
+      disc_layers=3))
+  config.update(overrides)
+  return config
+
+
+def autoencoder_stage_config(architecture: ml_collections.ConfigDict,
+                             **loss_overrides) -> ml_collections.ConfigDict:
+  """A whole autoencoder-stage config: base + training + architecture + loss + optimisers.
+
+  Learning rates are CompVis' base rate 4.5e-6 times the global batch size, as its main.py
+  scales them; Adam with betas (0.5, 0.9) for both networks.
+  """
+  config = training_config(base_config())
+  config.stage = "autoencoder"
+  config.autoencoder = architecture
+  config.loss = autoencoder_loss_config(**loss_overrides)
+  config.optimizer = optimizer_config(learning_rate=4.5e-6 * config.data.batch_size,
+                                      b1=0.5, b2=0.9)
+  config.disc_optimizer = optimizer_config(learning_rate=4.5e-6 * config.data.batch_size,
+                                           b1=0.5, b2=0.9)
+  config.scale_factor_batches = config_dict.placeholder(int)  # None: the whole train split.
+  return config
+
+
+def shrink_autoencoder_stage(config: ml_collections.ConfigDict) -> None:
+  """The `tiny` variant: the narrowest network on 32 px crops, no LPIPS, the discriminator
+  on from step 20, short cadences; for tests and CPU smoke runs."""
+  levels = len(config.autoencoder.ch_mult)  # Kept: the downsampling factor does not change.
+  config.autoencoder.update(ch=32, ch_mult=(1,) * (levels - 1) + (2,), num_res_blocks=1,
+                            resolution=32, attn_resolutions=())  # 32: GroupNorm's groups.
+  config.data.image_size = 32
+  config.data.batch_size = 8
+  config.data.shuffle_buffer = 64
+  config.loss.update(perceptual_weight=0.0, disc_start=20, disc_ndf=8, disc_layers=2)
+  config.optimizer.learning_rate = config.disc_optimizer.learning_rate = 1e-3
+  config.num_steps = 60
+  config.log_every = 10
+  config.eval_every = config.checkpoint_every = 30
+  config.eval_batches = 2
+  config.scale_factor_batches = 2

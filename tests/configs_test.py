@@ -42,3 +42,17 @@ def test_parse_arg():
     common.parse_arg("f=x", f=4)
   with pytest.raises(ValueError, match="needs a value"):
     common.parse_arg("f", f=4)
+
+
+@pytest.mark.parametrize("name", ["autoencoder_kl_f4", "autoencoder_kl_f8", "vq_f4",
+                                  "digits_autoencoder"])
+@pytest.mark.parametrize("variant", ["", ":tiny"])
+def test_autoencoder_stage_configs_build(name, variant):
+  """Full and tiny configs give a stage whose state traces (nothing allocated)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  config = _load([f"--config=configs/{name}.py{variant}", "--config.loss.perceptual_weight=0"])
+  state = jax.eval_shape(stages.create(config).init_state, jax.random.key(0))
+  ae = state.params["generator"]["autoencoder"]
+  assert ae["decoder"]["conv_out"]["kernel"].shape[-1] == config.autoencoder.out_ch
+  assert config.data.image_size % 2 ** (len(config.autoencoder.ch_mult) - 1) == 0

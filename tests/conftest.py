@@ -9,6 +9,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Tests that train rebuild the same step several times (resume, fallback): a persistent
+# compilation cache compiles each one once per run. Fresh in a clean clone.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax-compilation-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The original CompVis/Stability `ldm` code, a reference for checkpoint imports. `make test`

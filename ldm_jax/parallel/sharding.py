@@ -41,3 +41,32 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def num_batch_shards(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 4096) -> PartitionSpec:
+  """Shards an array's largest dimension that fsdp divides over `fsdp`; small arrays (and
+  those with no divisible dimension) are replicated."""
+  size = 1
+  for d in shape:
+    size *= d
+  if fsdp_size <= 1 or size < min_size:
+    return PartitionSpec()
+  for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[dim] % fsdp_size == 0:
+      return PartitionSpec(*[("fsdp" if i == dim else None) for i in range(len(shape))])
+  return PartitionSpec()
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, min_size: int = 4096):
+  """NamedShardings for a tree of arrays / ShapeDtypeStructs: fsdp_spec for each leaf.
+
+  The same rule for parameters, optimiser moments and EMA copies, so an update never moves
+  data between devices beyond the fsdp all-gathers.
+  """
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp, min_size)), abstract_tree)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,104 @@
+"""Orbax checkpoints of a run: train state + input-pipeline position + config, per step.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, config}. Saves are asynchronous (the state
+is copied off the devices, then written in the background); Orbax finalises a step only
+once every item is complete, so a killed save leaves no half step behind. `restore_latest`
+walks back from the newest step when one cannot be read, saying so in the log.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ldm_jax.data.pipeline import DataIterator
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves/restores each process's `DataIterator` position (its own files, every process)."""
+
+  def save(self, directory, args: "DataIteratorSave"):
+    args.iterator.save(os.fspath(directory))
+
+  def restore(self, directory, args: "DataIteratorRestore"):
+    args.iterator.restore(os.fspath(directory))
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  iterator: DataIterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: DataIterator
+
+
+def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  block = config.checkpoint
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=block.get("max_to_keep"), keep_period=block.get("keep_period"),
+      enable_async_checkpointing=bool(block.get("async_save", True)), create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, iterator: DataIterator,
+         config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=DataIteratorSave(iterator),
+      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: DataIterator):
+  """(state, step) from the newest readable step, or (None, None) when there is none.
+
+  `abstract_state` holds ShapeDtypeStructs with shardings, so arrays come back already
+  placed on the mesh. A step that fails to load is reported and the previous one tried.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=DataIteratorRestore(iterator)))
+    except Exception as e:  # pylint: disable=broad-except
+      older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "none left to try"
+      logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); %s. It is kept "
+                      "as %d.unreadable.", step, manager.directory, type(e).__name__,
+                      str(e)[:500], older, step)
+      _set_aside(manager, step)
+      continue
+    return restored.state, step
+  return None, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Renames an unreadable step so new saves of that step number can happen (process 0)."""
+  if jax.process_index() == 0:
+    path = os.path.join(os.fspath(manager.directory), str(step))
+    target, n = path + ".unreadable", 1
+    while os.path.exists(target):
+      target, n = f"{path}.unreadable{n}", n + 1
+    os.rename(path, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set_aside_{step}")
+  manager.reload()
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def abstract_with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

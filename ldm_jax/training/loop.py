@@ -1,0 +1,190 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop every stage runs.
+
+The stage (autoencoder here, LDM next) supplies pure functions; this file owns the mesh,
+the sharded state, jit, checkpoints, preemption, metrics and evaluation.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+from jax.experimental import multihost_utils
+
+from ldm_jax.data import pipeline
+from ldm_jax.parallel import sharding
+from ldm_jax.training import checkpoint
+from ldm_jax.training import stages
+
+NONFINITE_MODES = ("skip", "stop")
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls; every process agrees before acting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping.")
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if step % 10:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.any(flags))
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  if config.get("nonfinite", "skip") not in NONFINITE_MODES:
+    raise ValueError(f"nonfinite={config.nonfinite!r}: expected one of {NONFINITE_MODES}.")
+  for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+    if int(config[key]) < 1:
+      raise ValueError(f"{key}={config[key]}: expected a positive number of steps.")
+
+
+def _nonfinite_names(metrics) -> list[str]:
+  return [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
+
+
+def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
+             max_batches=None):
+  """Averages the stage's per-example eval metrics over the whole eval split."""
+  iterator = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=False)
+  totals, count, first_batch = {}, 0.0, None
+  max_batches = max_batches or config.get("eval_batches")
+  for i, batch in enumerate(iterator):
+    if max_batches and i >= max_batches:
+      break
+    batch = stages.select(batch, stage.batch_keys + ("mask",))
+    first_batch = first_batch or batch
+    sums = jax.device_get(eval_step(state, batch))
+    count += float(sums.pop("count"))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  results = {f"eval/{k}": v / max(count, 1.0) for k, v in totals.items()}
+  if writer is not None:
+    writer.write_scalars(step, results)
+    if first_batch is not None:
+      writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in
+                                 jax.device_get(stage.image_grids(state, first_batch)).items()})
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config.stage` in `workdir`, resuming from its latest checkpoint; returns the
+  final state and the last eval metrics."""
+  _check_config(config)
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.create_mesh(config.mesh)
+  stage = stages.create(config)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  train_iter = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=True)
+
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(stage.init_state, rng)
+  state_shardings = sharding.tree_shardings(abstract, mesh)
+  manager = checkpoint.create_manager(workdir, config)
+  state, restored_step = checkpoint.restore_latest(
+      manager, checkpoint.abstract_with_shardings(abstract, state_shardings), train_iter)
+  if state is None:
+    state = jax.jit(stage.init_state, out_shardings=state_shardings)(rng)
+    logging.info("Initialised a new %s run in %s.", config.stage, workdir)
+  else:
+    logging.info("Resumed from step %d in %s.", restored_step, workdir)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams({k: v for k, v in _flat(config).items()
+                          if isinstance(v, (int, float, str, bool))})
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  metric_sharding = sharding.replicated(mesh)
+  consts = jax.device_put(stage.constants, metric_sharding)
+  train_step = jax.jit(stage.train_step,
+                       in_shardings=(state_shardings, batch_sharding, metric_sharding),
+                       out_shardings=(state_shardings, metric_sharding), donate_argnums=0)
+  jitted_eval = jax.jit(stage.eval_step,
+                        in_shardings=(state_shardings, batch_sharding, metric_sharding),
+                        out_shardings=metric_sharding)
+  eval_step = lambda state, batch: jitted_eval(state, batch, consts)
+
+  step = int(jax.device_get(state.step))
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)]
+  preemption = _Preemption()
+  compiled = None
+  eval_metrics = {}
+  try:
+    while step < config.num_steps:
+      batch = stages.select(next(train_iter), stage.batch_keys)
+      if compiled is None:
+        start = time.perf_counter()
+        compiled = train_step.lower(state, batch, consts).compile()
+        seconds = time.perf_counter() - start
+        logging.info("Compiled the train step in %.1f s.", seconds)
+        writer.write_scalars(step, {"compile_seconds": seconds})
+      state, metrics = compiled(state, batch, consts)
+      step += 1
+      if config.get("nonfinite", "skip") == "stop" and not bool(metrics["finite"]):
+        bad = _nonfinite_names(jax.device_get(metrics))
+        raise NonFiniteError(
+            f"Step {step}: non-finite {', '.join(bad) or 'gradients'}; the update was not "
+            f"applied and the last good checkpoint in {manager.directory} is kept. Set "
+            f"nonfinite='skip' to drop such updates and continue.")
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every == 0 or step == config.num_steps:
+        writer.write_scalars(step, jax.device_get(
+            {**metrics, "skipped_updates": state.skipped}))
+      if step % config.eval_every == 0 or step == config.num_steps:
+        eval_metrics = evaluate(stage, state, config, mesh, eval_step, writer=writer,
+                                step=step)
+        logging.info("Step %d eval: %s", step, eval_metrics)
+      stopping = preemption.should_stop(step)
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
+        checkpoint.save(manager, step, state, train_iter, config, force=True)
+      if stopping:
+        logging.warning("Stopped at step %d after SIGTERM; rerun the same command to go on.",
+                        step)
+        break
+    if step >= config.num_steps:
+      results = stage.finalize(state, config, mesh)
+      if results and jax.process_index() == 0:
+        with open(os.path.join(workdir, f"{config.stage}_final.json"), "w") as f:
+          json.dump({"step": step, **results}, f, indent=1)
+        logging.info("Final results: %s", results)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    preemption.close()
+    writer.flush()
+  return state, eval_metrics
+
+
+def _flat(config, prefix=""):
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

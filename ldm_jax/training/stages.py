@@ -1,0 +1,26 @@
+"""Which objective a run trains: `config.stage` -> a stage object with pure functions.
+
+A stage provides `batch_keys`, `init_state(rng)`, `train_step(state, batch)`,
+`eval_step(state, batch)` (per-example metrics summed, plus 'count'), `image_grids(state,
+batch)` and `finalize(state, config, mesh)`; `loop.train_and_evaluate` does the rest.
+"""
+
+import ml_collections
+
+STAGES = ("autoencoder",)
+
+
+def create(config: ml_collections.ConfigDict):
+  if config.get("stage") == "autoencoder":
+    from ldm_jax.training import autoencoder_stage  # pylint: disable=import-outside-toplevel
+    return autoencoder_stage.AutoencoderStage(config)
+  raise ValueError(f"stage={config.get('stage')!r}: expected one of {STAGES}.")
+
+
+def select(batch: dict, keys) -> dict:
+  """The batch fields a stage's jitted step takes (text fields stay on the host)."""
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise KeyError(f"The input batch has no field(s) {missing} (it has {sorted(batch)}); "
+                   f"set the matching data.*_key in the config.")
+  return {k: batch[k] for k in keys}

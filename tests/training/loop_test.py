@@ -1,0 +1,135 @@
+"""The training engine end to end on tiny autoencoder configs (8 CPU devices)."""
+
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ldm_jax.training import checkpoint
+from ldm_jax.training import loop
+from ldm_jax.training import stages
+
+
+def _config(name, data_dir, **overrides):
+  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+  config.data.data_dir = data_dir
+  config.checkpoint.async_save = True
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def _params(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["autoencoder_kl_f4", "vq_f4"])
+def test_train_and_evaluate_runs_all_terms(name, data_dir, tmp_path):
+  """Two steps with the adversarial terms on from step 1, eval, checkpoint, scale factor."""
+  config = _config(name, data_dir, num_steps=2, **{"loss.disc_start": 1})
+  state, metrics = loop.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2 and int(state.skipped) == 0
+  assert {"eval/psnr", "eval/ssim", "eval/l1"} <= set(metrics)
+  assert all(np.isfinite(v) for v in metrics.values())
+  final = (tmp_path / "autoencoder_final.json").read_text()
+  assert "scale_factor" in final
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+@pytest.mark.slow
+def test_resume_equals_straight_run_bitwise(data_dir, tmp_path):
+  config = _config("autoencoder_kl_f4", data_dir, num_steps=6, checkpoint_every=3,
+                   eval_every=100, **{"loss.disc_start": 2})
+  straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.num_steps = 3
+  loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.num_steps = 6
+  resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert int(resumed.step) == 6
+  _assert_trees_equal(_params(straight), _params(resumed))
+  _assert_trees_equal(jax.device_get(straight.opt_state), jax.device_get(resumed.opt_state))
+
+
+
+@pytest.mark.slow
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
+  config = _config("autoencoder_kl_f4", data_dir, num_steps=4, checkpoint_every=2,
+                   eval_every=100, **{"loss.disc_start": 2})
+  loop.train_and_evaluate(config, str(tmp_path / "run"))  # Saves steps 2 and 4.
+  state_dir = tmp_path / "run" / "checkpoints" / "4" / "state"
+  for root, _, files in os.walk(state_dir):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as handle:
+        handle.write(b"garbage")
+  config.num_steps = 6
+  with _log_capture() as log:
+    resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "Checkpoint step 4" in log.text and "cannot be restored" in log.text
+  assert "trying step 2" in log.text
+  # The unreadable step is kept aside, never deleted.
+  assert (tmp_path / "run" / "checkpoints" / "4.unreadable").is_dir()
+  straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  _assert_trees_equal(_params(straight), _params(resumed))
+
+
+class _log_capture:
+  def __enter__(self):
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    import logging  # pylint: disable=import-outside-toplevel
+    self.records = []
+    outer = self
+
+    class Handler(logging.Handler):
+      def emit(self, record):
+        outer.records.append(record.getMessage())
+
+    self.handler = Handler()
+    absl_logging.get_absl_logger().addHandler(self.handler)
+    return self
+
+  def __exit__(self, *exc):
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.get_absl_logger().removeHandler(self.handler)
+
+  @property
+  def text(self):
+    return "\n".join(self.records)
+
+
+@pytest.mark.slow
+def test_nonfinite_guard_skip_and_stop(data_dir, tmp_path):
+  # A NaN log-variance makes every loss and gradient NaN from the first step.
+  config = _config("autoencoder_kl_f4", data_dir, num_steps=3, eval_every=100,
+                   checkpoint_every=2, **{"loss.logvar_init": float("nan")})
+  state, _ = loop.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert int(state.step) == 3 and int(state.skipped) == 3
+  initial = jax.jit(stages.create(config).init_state)(jax.random.key(config.seed))
+  _assert_trees_equal(_params(initial)["generator"]["autoencoder"],
+                      _params(state)["generator"]["autoencoder"])
+  config.nonfinite = "stop"
+  with pytest.raises(loop.NonFiniteError, match=r"Step 1: non-finite .*last good"):
+    loop.train_and_evaluate(config, str(tmp_path / "stop"))
+  assert not os.listdir(tmp_path / "stop" / "checkpoints")
+
+
+def test_config_errors(data_dir, tmp_path):
+  config = _config("autoencoder_kl_f4", data_dir)
+  config.nonfinite = "ignore"
+  with pytest.raises(ValueError, match="nonfinite='ignore'"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config = _config("autoencoder_kl_f4", data_dir, **{"loss.perceptual_weight": 1.0})
+  with pytest.raises(ValueError, match="needs LPIPS weights.*lpips_convert"):
+    loop.train_and_evaluate(config, str(tmp_path))
