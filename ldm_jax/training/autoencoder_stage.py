@@ -176,8 +176,8 @@ class AutoencoderStage:
     new_state = state.replace(params=new_params, opt_state=new_opt,
                               model_state={"discriminator": stats})
     metrics = {**g_metrics, **d_metrics, "disc_factor": disc_factor,
-               "g_grad_norm": optax.global_norm(g_grads),
-               "d_grad_norm": optax.global_norm(d_grads),
+               "g_grad_norm": optax.tree_utils.tree_norm(g_grads),
+               "d_grad_norm": optax.tree_utils.tree_norm(d_grads),
                "learning_rate": optim.current_learning_rate(self.config.optimizer,
                                                             self.config.num_steps, state.step),
                "finite": finite.astype(jnp.float32)}
