@@ -56,6 +56,7 @@ class AutoencoderStage:
         "generator": optim.create_optimizer(config.optimizer, num_steps=config.num_steps),
         "discriminator": optim.create_optimizer(config.disc_optimizer,
                                                 num_steps=config.num_steps)}
+    self._reconstruct_jit = jax.jit(self.reconstruct)
     size, channels = config.data.image_size, config.autoencoder.in_channels
     self._example = jnp.zeros((1, size, size, channels), jnp.float32)
 
@@ -204,7 +205,7 @@ class AutoencoderStage:
 
   def image_grids(self, state: TrainState, batch):
     x = batch["image"]
-    recon = jax.jit(self.reconstruct)(state.params["generator"]["autoencoder"], x)
+    recon = self._reconstruct_jit(state.params["generator"]["autoencoder"], x)
     x, recon = (np.asarray(multihost_utils.process_allgather(a, tiled=True))[:8]
                 for a in (x, recon))
     pairs = np.stack([x, np.clip(recon, -1, 1)], axis=1).reshape((-1,) + x.shape[1:])

@@ -59,6 +59,32 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: DataIterato
       config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=force)
 
 
+# Blocks that fix the shapes of the saved state: a run cannot resume with others.
+STRUCTURAL_BLOCKS = ("stage", "autoencoder", "unet", "conditioner")
+
+
+def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.ConfigDict):
+  """Refuses to resume a run whose newest checkpoint was made by another model config.
+
+  Without this, a state that does not fit would look unreadable and the run would fall
+  back step by step; here the differing keys are named instead.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return
+  try:
+    saved = saved_config(manager, step)
+  except Exception:  # pylint: disable=broad-except
+    return  # An unreadable step: restore_latest reports it.
+  current = json.loads(config.to_json_best_effort())
+  differing = [k for k in STRUCTURAL_BLOCKS if saved.get(k) != current.get(k)]
+  if differing:
+    raise ValueError(
+        f"{manager.directory} holds a run of another model: {', '.join(differing)} "
+        f"differ from this config (saved {', '.join(f'{k}={saved.get(k)}' for k in differing)}"
+        f"). Use a new --workdir, or the saved config.")
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: DataIterator):
   """(state, step) from the newest readable step, or (None, None) when there is none.
 

@@ -105,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   abstract = jax.eval_shape(stage.init_state, rng)
   state_shardings = sharding.tree_shardings(abstract, mesh)
   manager = checkpoint.create_manager(workdir, config)
+  checkpoint.check_resumable(manager, config)
   state, restored_step = checkpoint.restore_latest(
       manager, checkpoint.abstract_with_shardings(abstract, state_shardings), train_iter)
   if state is None:

@@ -83,6 +83,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_
   assert (tmp_path / "run" / "checkpoints" / "4.unreadable").is_dir()
   straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   _assert_trees_equal(_params(straight), _params(resumed))
+  # Another model in the same workdir is refused by name; nothing is renamed.
+  config.autoencoder.z_channels = 4
+  with pytest.raises(ValueError, match="holds a run of another model: autoencoder differ"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.unreadable", "6"]
 
 
 class _log_capture:
