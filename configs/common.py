@@ -51,6 +51,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   config.label_key = config_dict.placeholder(str)
   config.caption_key = config_dict.placeholder(str)
   config.cond_image_keys = ()  # Paired images cropped/flipped exactly like `image`.
+  config.label_map_keys = ()  # Paired integer maps (segmentations): same geometry, nearest.
+  # A latent cache (python -m ldm_jax.ldm.latent_cache): name = its directory, and
+  # latent_key='moments' reads stored encodings instead of images.
+  config.latent_key = config_dict.placeholder(str)
   # Preprocessing: shorter side resized to image_size, then a square crop.
   config.image_size = 64
   config.crop = "random"  # 'random' or 'center' (evaluation always crops the center).
@@ -159,3 +163,106 @@ def shrink_autoencoder_stage(config: ml_collections.ConfigDict) -> None:
   config.eval_every = config.checkpoint_every = 30
   config.eval_batches = 2
   config.scale_factor_batches = 2
+
+
+def diffusion_config(**overrides) -> ml_collections.ConfigDict:
+  """The `diffusion` block: noise schedule, prediction target and loss (CompVis defaults)."""
+  config = ml_collections.ConfigDict(dict(
+      schedule="sqrt_linear",  # 'linear' (DDPM), 'sqrt_linear' (CompVis/SD), 'cosine'.
+      num_timesteps=1000, linear_start=0.0015, linear_end=0.0195,
+      zero_terminal_snr=False,  # Lin et al. rescale (use with prediction='v').
+      prediction="eps",  # 'eps', 'x0' or 'v'.
+      weighting="uniform",  # 'uniform', 'min_snr' or 'eps' (see diffusion/losses.py).
+      min_snr_gamma=5.0,
+      learn_logvar=False, logvar_init=0.0,  # CompVis' per-timestep log-variance.
+      simple_weight=1.0, elbo_weight=0.0))  # CompVis l_simple_weight / original_elbo_weight.
+  config.update(overrides)
+  return config
+
+
+def conditioning_config(**overrides) -> ml_collections.ConfigDict:
+  """The `conditioning` block: see ldm_jax/ldm/conditions.py for each type."""
+  config = ml_collections.ConfigDict(dict(
+      type="none",  # none, class, text, low_res, inpainting, semantic, image.
+      dropout=0.0,  # Classifier-free guidance: P(condition -> null) per example.
+      class_input="context",  # class: 'context' (cross-attention) or 'embedding' (label).
+      num_classes=config_dict.placeholder(int),
+      key=config_dict.placeholder(str),  # semantic / image: the batch field of the condition.
+      num_semantic_classes=config_dict.placeholder(int),
+      encode_condition=True,  # image: through the frozen autoencoder (else resized pixels).
+      condition_channels=config_dict.placeholder(int),  # image, encode_condition=False.
+      tokenizer=config_dict.placeholder(str)))  # text: None = bytes, or a vocabulary file.
+  config.update(overrides)
+  return config
+
+
+def ldm_stage_config(unet: ml_collections.ConfigDict, *, autoencoder=None,
+                     conditioner=None, **conditioning) -> ml_collections.ConfigDict:
+  """A whole LDM-stage config: base + training + first stage + UNet + conditioning +
+  diffusion + EMA + sample grids + optimiser (AdamW, CompVis' weight decay 0.01)."""
+  config = training_config(base_config())
+  config.stage = "ldm"
+  config.unet = unet
+  config.autoencoder = autoencoder  # None: taken from the first stage's checkpoint.
+  config.conditioner = conditioner
+  config.first_stage = ml_collections.ConfigDict(dict(
+      source="workdir",  # 'workdir', 'export', 'random' (smoke tests) or 'pixels'.
+      path=config_dict.placeholder(str),
+      scale_factor=config_dict.placeholder(float)))  # None: from the workdir's results.
+  config.conditioning = conditioning_config(**conditioning)
+  config.diffusion = diffusion_config()
+  config.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))  # decay 0: none.
+  config.sampling = ml_collections.ConfigDict(dict(
+      sampler="ddim", steps=20, eta=0.0, guidance_scale=1.0,
+      per_row=8, max_rows=10,  # Columns; rows for class grids (or unconditional ones).
+      prompts=()))  # text: one grid row per prompt.
+  config.optimizer = optimizer_config(name="adamw", learning_rate=1e-4, weight_decay=0.01)
+  return config
+
+
+def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16) -> None:
+  """The `tiny` variant: a random two-level autoencoder (f=2), a 32-channel UNet, 4 steps;
+  for tests and CPU smoke runs. Keeps the conditioning, schedule and prediction."""
+  ae_channels = config.data.get("channels") or 3
+  if config.first_stage.source != "pixels":
+    config.autoencoder = ml_collections.ConfigDict(dict(
+        type="kl", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+        resolution=image_size, in_channels=ae_channels, out_ch=ae_channels, z_channels=4,
+        embed_dim=4, dropout=0.0, dtype="float32", param_dtype="float32", remat=False,
+        attention_impl="xla"))
+    config.first_stage.update(source="random", path=None)
+  latent = 4 if config.first_stage.source != "pixels" else ae_channels
+  concat = config.unet.in_channels - config.unet.out_channels
+  if config.conditioning.type == "inpainting":
+    concat = latent + 1
+  elif config.conditioning.type == "image" and config.conditioning.encode_condition:
+    concat = latent
+  config.unet.update(in_channels=latent + concat, out_channels=latent, model_channels=32,
+                     channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                     num_heads=2, num_head_channels=-1, transformer_depth=1)
+  if config.conditioner is not None:
+    if config.conditioner.type == "text":
+      config.conditioner.update(width=32, depth=1, heads=2, head_dim=None, max_length=16)
+    else:
+      config.conditioner.embed_dim = 32
+    config.unet.context_dim = 32
+  config.data.image_size = image_size
+  config.data.batch_size = 8
+  config.data.shuffle_buffer = 64
+  config.num_steps = 4
+  config.log_every = 2
+  config.eval_every = config.checkpoint_every = 4
+  config.eval_batches = 1
+  config.sampling.update(steps=2, per_row=2, max_rows=2)
+
+
+def tiny_data(config: ml_collections.ConfigDict, source: str) -> None:
+  """Points a `tiny` LDM variant at data that ship offline: 'digits' (labels, captions, gray)
+  or 'photos' (scikit-image photo patches, RGB)."""
+  if source == "digits":
+    config.data = data_config(name="digits", small_images="upscale", crop="center",
+                              random_flip=False, label_key="label", caption_key="caption",
+                              channels=1)
+  else:
+    config.data = data_config(name="photo_patches/32")
+  config.data.update(image_size=16, batch_size=8, shuffle_buffer=64)

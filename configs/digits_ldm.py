@@ -1,30 +1,84 @@
-"""Latent diffusion on scikit-learn's handwritten digits: class- and caption-conditional.
+"""Latent diffusion on scikit-learn's handwritten digits: class- or caption-conditional.
 
-Small enough for a CPU. This file holds the data part for now; the autoencoder, UNet and
-training settings are added by the issues that build them.
-
-  python -m ldm_jax.data --config=configs/digits_ldm.py --out=digits.png
-  python -m ldm_jax.data --config=configs/digits_ldm.py:tiny --out=digits.png
+Small enough for 2 CPU cores (the quickstart). First train the autoencoder, then the LDM:
+  python train.py --config=configs/digits_autoencoder.py --workdir=out/quickstart/autoencoder
+  python train.py --config=configs/digits_ldm.py --workdir=out/quickstart/ldm
+Variants (`:a,b=value`):
+  cond=class|caption|none   what the UNet is conditioned on (default class);
+  class_input=context|embedding   class through cross-attention (LDM cin) or a label embedding;
+  ae=DIR                    the autoencoder run's workdir (default out/quickstart/autoencoder);
+  tiny                      a random tiny autoencoder and UNet, a few steps (tests).
 """
+
+import ml_collections
 
 from configs import common
 
+CONDITIONS = ("class", "caption", "none")
 
-def get_config(arg=None):
-  variant = common.parse_arg(arg, tiny=False)
-  config = common.base_config()
-  config.data = common.data_config(
+
+def data():
+  return common.data_config(
       name="digits",
-      image_size=32,
+      image_size=16,  # 8x8 digits upscaled; the autoencoder (f=2) gives 8x8x3 latents.
       small_images="upscale",  # The digits are 8x8.
       crop="center",  # Digits are centred and square: random crops would cut strokes.
       random_flip=False,  # A flipped 3 is not a 3.
       label_key="label",
       caption_key="caption",
+      channels=1,
       batch_size=64,
       shuffle_buffer=2_000,  # Whole train split (1,437 images).
   )
+
+
+def get_config(arg=None):
+  variant = common.parse_arg(arg, tiny=False, cond="class", class_input="context",
+                             ae="out/quickstart/autoencoder")
+  if variant.cond not in CONDITIONS:
+    raise ValueError(f"configs/digits_ldm.py:cond={variant.cond!r}: expected one of "
+                     f"{CONDITIONS}.")
+  unet = ml_collections.ConfigDict(dict(
+      in_channels=3, out_channels=3, model_channels=64, channel_mult=(1, 2),
+      num_res_blocks=2, attention_resolutions=(2,), num_heads=4, num_head_channels=-1,
+      use_spatial_transformer=True, transformer_depth=1, context_dim=None,
+      linear_projection=False, num_classes=None, scale_shift=False, dropout=0.0,
+      dtype="float32", param_dtype="float32", remat=False, attention_impl="xla"))
+  conditioner, conditioning = None, dict(type="none")
+  if variant.cond == "class":
+    conditioning = dict(type="class", num_classes=10, dropout=0.1,
+                        class_input=variant.class_input)
+    if variant.class_input == "context":
+      conditioner = ml_collections.ConfigDict(dict(type="class", num_classes=10,
+                                                   embed_dim=64, add_null_class=True))
+      unet.context_dim = 64
+    else:
+      unet.num_classes = 11  # Ten digits and the null class.
+  elif variant.cond == "caption":
+    conditioning = dict(type="text", dropout=0.1)  # Byte tokenizer: nothing to download.
+    conditioner = ml_collections.ConfigDict(dict(
+        type="text", vocab_size=259, max_length=32, width=64, depth=2, heads=4,
+        head_dim=None, mlp_ratio=4, dropout=0.0, attention_impl="xla",
+        dtype="float32", param_dtype="float32"))
+    unet.context_dim = 64
+  config = common.ldm_stage_config(unet, conditioner=conditioner, **conditioning)
+  config.data = data()
+  if variant.cond == "none":
+    config.data.label_key = None
+  if variant.cond != "caption":
+    config.data.caption_key = None
+  config.first_stage.path = variant.ae
+  config.optimizer.update(learning_rate=5e-4, warmup_steps=100)
+  config.ema.decay = 0.999
+  config.num_steps = 3_000
+  config.log_every = 100
+  config.eval_every = config.checkpoint_every = 1_000
+  config.sampling.update(guidance_scale=2.0, per_row=10, max_rows=10)
+  if variant.cond == "caption":
+    config.sampling.prompts = tuple(f"a handwritten digit {w}" for w in (
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))
   if variant.tiny:
-    config.data.image_size = 16
-    config.data.batch_size = 16
+    common.shrink_ldm_stage(config, image_size=16)
+    if variant.cond == "caption":
+      config.conditioner.max_length = 32
   return config

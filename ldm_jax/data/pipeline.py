@@ -11,8 +11,10 @@ shuffle buffer, which holds *encoded* examples (decoding happens after shuffling
 is about `shuffle_buffer` x the size of one stored image per process.
 
 Output batch keys: `image` (float32, [-1, 1], NHWC), `label` (int32) and `caption` (bytes)
-when the config names them, each of `data.cond_image_keys` (same geometry as `image`), `id`
-(the TFDS example id) and, for evaluation, `mask` (False for padding).
+when the config names them, each of `data.cond_image_keys` (same geometry as `image`), each
+of `data.label_map_keys` (int32 [B, H, W] class maps, same geometry, nearest resizing), `id`
+(the TFDS example id) and, for evaluation, `mask` (False for padding). Reading a latent cache
+(`data.latent_key`, see ldm_jax/ldm/latent_cache.py), `moments` replaces `image`.
 """
 
 import json
@@ -81,15 +83,20 @@ def _feature_keys(data_config, builder) -> dict[str, str]:
     wanted["caption"] = ("caption_key", data_config.caption_key)
   for key in data_config.cond_image_keys:
     wanted[key] = ("cond_image_keys", key)
+  for key in data_config.get("label_map_keys", ()):
+    wanted[key] = ("label_map_keys", key)
   features = builder.info.features
   for out, (field, name) in wanted.items():
     if name not in features:
       raise ValueError(f"data.{field}={name!r}: dataset {builder.name!r} has no such "
                        f"feature; it has {sorted(features.keys())}.")
-    if (out == "image" or field == "cond_image_keys") and not isinstance(
+    if (out == "image" or field in ("cond_image_keys", "label_map_keys")) and not isinstance(
         features[name], tfds.features.Image):
       raise ValueError(f"data.{field}={name!r} is a {type(features[name]).__name__}, not "
                        f"an image feature, in dataset {builder.name!r}.")
+    if field == "label_map_keys" and features[name].shape[-1] != 1:
+      raise ValueError(f"data.label_map_keys: {name!r} has {features[name].shape[-1]} "
+                       f"channels in dataset {builder.name!r}; a label map has one.")
   return {out: name for out, (_, name) in wanted.items()}
 
 
@@ -129,14 +136,18 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
                 seed: int, process_index: int):
   """Returns fn(index, serialized example) -> (processed dict, too_small flag)."""
   features = builder.info.features
-  image_outs = ["image", *data_config.cond_image_keys]
+  label_maps = tuple(data_config.get("label_map_keys", ()))
+  image_outs = ["image", *data_config.cond_image_keys, *label_maps]
   size, policy = data_config.image_size, data_config.small_images
+  methods = [data_config.resize_method if k not in label_maps else "nearest"
+             for k in image_outs]
 
   def fn(index, example):
     images = [features[keys[k]].decode_example(example[keys[k]]) for k in image_outs]
     checks = [tf.debugging.assert_equal(
         tf.shape(im)[:2], tf.shape(images[0])[:2],
-        message=f"data.cond_image_keys: {k!r} must have the same height and width as "
+        message=f"data.cond_image_keys / label_map_keys: {k!r} must have the same height "
+                f"and width as "
                 f"{keys['image']!r}") for k, im in zip(image_outs[1:], images[1:])]
     if policy == "error":
       checks.append(preprocess.assert_large_enough(images[0], size, example["tfds_id"]))
@@ -148,9 +159,10 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
           tf.constant([seed, process_index], tf.int64), index)
     images = preprocess.resize_crop_flip(
         images, image_size=size, crop=data_config.crop if train else "center",
-        random_flip=train and data_config.random_flip,
-        resize_method=data_config.resize_method, seed=example_seed)
-    out = {k: preprocess.to_model_range(im, data_config.channels if k == "image" else None)
+        random_flip=train and data_config.random_flip, resize_method=methods,
+        seed=example_seed)
+    out = {k: tf.cast(im[..., 0], tf.int32) if k in label_maps else
+           preprocess.to_model_range(im, data_config.channels if k == "image" else None)
            for k, im in zip(image_outs, images)}
     if "label" in keys:
       out["label"] = tf.cast(example[keys["label"]], tf.int32)
@@ -160,6 +172,53 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
     return out, too_small
 
   return fn
+
+
+def _latent_example_fn(data_config, keys: dict[str, str], *, train: bool, seed: int,
+                       process_index: int):
+  """fn(index, example) -> (dict, too_small=False) for a latent cache (ldm/latent_cache.py):
+  `moments` is the stored encoding, or its horizontally flipped twin when this example's
+  seed flips it, the same decision as `preprocess.resize_crop_flip` makes for its image."""
+  flipped = keys.get("moments_flipped")
+
+  def fn(index, example):
+    moments = example[keys["moments"]]
+    if train and data_config.random_flip:
+      example_seed = tf.random.experimental.stateless_fold_in(
+          tf.constant([seed, process_index], tf.int64), index)
+      moments = tf.cond(preprocess.flip_decision(example_seed, "center"),
+                        lambda: example[flipped], lambda: moments)
+    out = {"moments": tf.cast(moments, tf.float32)}
+    if "label" in keys:
+      out["label"] = tf.cast(example[keys["label"]], tf.int32)
+    if "caption" in keys:
+      out["caption"] = example[keys["caption"]]
+    out["id"] = example["tfds_id"]
+    return out, tf.constant(False)
+
+  return fn
+
+
+def _latent_keys(data_config, builder) -> dict[str, str]:
+  features = builder.info.features
+  name = data_config.latent_key
+  keys = {"moments": name}
+  for out, field in (("label", "label_key"), ("caption", "caption_key")):
+    if data_config.get(field):
+      keys[out] = data_config[field]
+  missing = [v for v in keys.values() if v not in features]
+  if missing:
+    raise ValueError(f"data.latent_key / label_key / caption_key: {missing} are not features "
+                     f"of the latent cache {builder.name!r} (it has {sorted(features)}).")
+  if data_config.crop != "center":
+    raise ValueError(f"data.crop={data_config.crop!r}: a latent cache holds center crops; set "
+                     f"data.crop='center'.")
+  if data_config.random_flip:
+    if f"{name}_flipped" not in features:
+      raise ValueError(f"data.random_flip=True but the latent cache {builder.name!r} was "
+                       f"built without flipped latents; rebuild it with random_flip=True.")
+    keys["moments_flipped"] = f"{name}_flipped"
+  return keys
 
 
 def _zeros_like_spec(spec):
@@ -176,20 +235,32 @@ def create_dataset(data_config: ml_collections.ConfigDict, *, builder, split: st
   every process yields the same number of full batches.
   """
   _keep_tf_off_accelerators()
-  keys = _feature_keys(data_config, builder)
-  _check_source_size(data_config, builder, keys["image"])
+  cached = bool(data_config.get("latent_key"))
+  if cached:
+    keys, decoders = _latent_keys(data_config, builder), None
+  else:
+    keys = _feature_keys(data_config, builder)
+    _check_source_size(data_config, builder, keys["image"])
+    decoders = {keys[k]: tfds.decode.SkipDecoding()
+                for k in ["image", *data_config.cond_image_keys,
+                          *data_config.get("label_map_keys", ())]}
   local_split = _split_for_process(builder, split, process_index, process_count)
-  decoders = {keys[k]: tfds.decode.SkipDecoding()
-              for k in ["image", *data_config.cond_image_keys]}
+  # A latent cache is written unshuffled, in its source's order; reading it like any
+  # dataset (file shuffling included) is what keeps its stream in step with the source's.
   read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed,
-                                shuffle_reshuffle_each_iteration=True)
+                                shuffle_reshuffle_each_iteration=True,
+                                enable_ordering_guard=not cached)
   ds = builder.as_dataset(split=local_split, shuffle_files=train, decoders=decoders,
                           read_config=read_config)
   if train:
     ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.repeat()
-  fn = _example_fn(data_config, builder, keys, train=train, seed=seed,
-                   process_index=process_index)
+  if cached:
+    fn = _latent_example_fn(data_config, keys, train=train, seed=seed,
+                            process_index=process_index)
+  else:
+    fn = _example_fn(data_config, builder, keys, train=train, seed=seed,
+                     process_index=process_index)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
   ds = ds.map(fn, num_parallel_calls=AUTOTUNE)
   if train:

@@ -44,32 +44,40 @@ def _resize_smaller_side(image: tf.Tensor, image_size: int, method: str) -> tf.T
 
 
 def resize_crop_flip(images: list[tf.Tensor], *, image_size: int, crop: str,
-                     random_flip: bool, resize_method: str,
+                     random_flip: bool, resize_method: str | list[str],
                      seed: tf.Tensor | None) -> list[tf.Tensor]:
   """Resizes the shorter side to image_size, crops a square, maybe flips; float in [0, 255].
 
-  `seed` (shape [2], int) drives the random crop and flip; it is unused for a center crop
-  without flips.
+  `resize_method` is one method, or one per image ('nearest' for label maps). `seed` (shape
+  [2], int) drives the random crop and flip; it is unused for a center crop without flips.
   """
-  images = [_resize_smaller_side(im, image_size, resize_method) for im in images]
+  methods = [resize_method] * len(images) if isinstance(resize_method, str) else resize_method
+  images = [_resize_smaller_side(im, image_size, m) for im, m in zip(images, methods)]
   shape = tf.shape(images[0])
   spare_h, spare_w = shape[0] - image_size, shape[1] - image_size
   if crop == "random":
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))[0]
     offsets = tf.random.stateless_uniform([2], crop_seed, maxval=2**30, dtype=tf.int32)
     top, left = offsets[0] % (spare_h + 1), offsets[1] % (spare_w + 1)
   elif crop == "center":
     top, left = spare_h // 2, spare_w // 2
-    flip_seed = seed
   else:
     raise ValueError(f"data.crop={crop!r}: expected one of {CROPS}.")
   images = [tf.ensure_shape(im[top:top + image_size, left:left + image_size],
                             [image_size, image_size, im.shape[-1]]) for im in images]
   if random_flip:
-    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    flip = flip_decision(seed, crop)
     images = [tf.cond(flip, lambda im=im: tf.reverse(im, axis=[1]), lambda im=im: im)
               for im in images]
   return images
+
+
+def flip_decision(seed: tf.Tensor, crop: str) -> tf.Tensor:
+  """Whether the example with this seed is flipped (shared with cached latents)."""
+  flip_seed = seed
+  if crop == "random":
+    flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))[1]
+  return tf.random.stateless_uniform([], flip_seed) < 0.5
 
 
 def to_model_range(image: tf.Tensor, channels: int | None) -> tf.Tensor:

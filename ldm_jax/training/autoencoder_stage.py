@@ -28,6 +28,7 @@ from ldm_jax.models.discriminator import NLayerDiscriminator
 from ldm_jax.nn import layers
 from ldm_jax.training import autoencoder_loss as L
 from ldm_jax.training import optim
+from ldm_jax.training import stages
 from ldm_jax.training import state as state_lib
 from ldm_jax.training.state import TrainState
 
@@ -59,6 +60,10 @@ class AutoencoderStage:
     self._reconstruct_jit = jax.jit(self.reconstruct)
     size, channels = config.data.image_size, config.autoencoder.in_channels
     self._example = jnp.zeros((1, size, size, channels), jnp.float32)
+
+  def prepare(self, batch, mesh, extra=()):
+    del mesh
+    return stages.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
   def init_state(self, rng) -> TrainState:

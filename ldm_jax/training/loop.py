@@ -75,7 +75,7 @@ def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
   for i, batch in enumerate(iterator):
     if max_batches and i >= max_batches:
       break
-    batch = stages.select(batch, stage.batch_keys + ("mask",))
+    batch = stage.prepare(batch, mesh, ("mask",))
     first_batch = first_batch or batch
     sums = jax.device_get(eval_step(state, batch))
     count += float(sums.pop("count"))
@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   eval_metrics = {}
   try:
     while step < config.num_steps:
-      batch = stages.select(next(train_iter), stage.batch_keys)
+      batch = stage.prepare(next(train_iter), mesh)
       if compiled is None:
         start = time.perf_counter()
         compiled = train_step.lower(state, batch, consts).compile()

@@ -53,7 +53,9 @@ def keep_if(finite: jax.Array, new: TrainState, old: TrainState) -> TrainState:
 
   Either way the step counter moves on, so data and randomness move on too.
   """
-  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  # One lax.cond over the whole state, not a where per leaf: XLA's CPU compile time grew
+  # from ~25 s to ~110 s for a small UNet with ~1,200 per-leaf selects.
+  kept = jax.lax.cond(finite, lambda n, o: n, lambda n, o: o, new, old)
   return kept.replace(step=old.step + 1, skipped=old.skipped + (1 - finite.astype(jnp.int32)))
 
 

@@ -1,0 +1,57 @@
+"""A trained LDM run, read back from its workdir for sampling: stage, parameters, config."""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
+             overrides: dict | None = None):
+  """(LdmStage, sampling params, config, step) of the newest (or given) checkpoint.
+
+  The config is the one saved with the checkpoint; `overrides` ({'sampling.steps': 50, ...})
+  change fields that do not alter the parameters. EMA parameters are used when the run kept
+  them and `use_ema`.
+  """
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir!r} has no checkpoints/ folder: expected the --workdir "
+                            f"of an LDM training run.")
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True)) as manager:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise ValueError(f"step={step} is not in {directory} (it has {sorted(steps)}).")
+    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config)
+    if config.get("stage") != "ldm":
+      raise ValueError(f"{workdir!r} holds a {config.get('stage')!r} run, not an LDM run.")
+    for key, value in (overrides or {}).items():
+      _set(config, key, value)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state
+  stage = stages.create(config)
+  tree = state["ema_params"] if use_ema and state.get("ema_params") is not None else (
+      state["params"])
+  params = jax.tree.map(np.asarray, tree["model"])
+  return stage, params, config, step
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for name in parents:
+    if name not in node:
+      raise KeyError(f"override {dotted!r}: the saved config has no block {name!r}.")
+    node = node[name]
+  if leaf not in node:
+    raise KeyError(f"override {dotted!r}: the saved config has no field {leaf!r}.")
+  node[leaf] = value
