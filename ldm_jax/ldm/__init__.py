@@ -1,0 +1,1 @@
+"""Latent diffusion glue: the frozen first stage, conditioning, sampling, latent caches."""
