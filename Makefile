@@ -26,9 +26,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
-# The main job on the bundled digits. For now: a preview grid of the training batches.
+# The main job on the bundled digits, end to end on a CPU: the autoencoder, the class-
+# conditional LDM on its latents, then samples (one row per digit) and the quality report.
+# Rerunning resumes an interrupted step from its newest checkpoint.
+QUICKSTART ?= out/quickstart
 quickstart: $(STAMP)
-	$(BIN)/python -m ldm_jax.data --config=configs/digits_ldm.py --out=out/quickstart/digits.png
+	$(BIN)/python train.py --config=configs/digits_autoencoder.py \
+	    --workdir=$(QUICKSTART)/autoencoder
+	$(BIN)/python train.py --config=configs/digits_ldm.py:ae=$(QUICKSTART)/autoencoder \
+	    --workdir=$(QUICKSTART)/ldm
+	$(BIN)/python -m ldm_jax.eval.digits_report --workdir=$(QUICKSTART)/ldm \
+	    --out=$(QUICKSTART)/samples.png
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

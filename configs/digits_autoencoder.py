@@ -22,6 +22,7 @@ def get_config(arg=None):
   config.data.label_key = None
   config.data.caption_key = None
   config.data.channels = 1
+  config.data.batch_size = 32  # Half the LDM's: the quickstart's time goes to the LDM.
   config.optimizer.learning_rate = config.disc_optimizer.learning_rate = 3e-4
   config.num_steps = 1_000
   config.log_every = 100

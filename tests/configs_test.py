@@ -56,3 +56,22 @@ def test_autoencoder_stage_configs_build(name, variant):
   ae = state.params["generator"]["autoencoder"]
   assert ae["decoder"]["conv_out"]["kernel"].shape[-1] == config.autoencoder.out_ch
   assert config.data.image_size % 2 ** (len(config.autoencoder.ch_mult) - 1) == 0
+
+
+@pytest.mark.parametrize("spec", ["ldm_celebahq256.py", "ldm_cin256.py", "ldm_cin256.py:f=1",
+                                  "ldm_cin256.py:f=8", "ldm_cin256.py:f=32",
+                                  "ldm_txt2img.py", "ldm_sr.py", "ldm_inpainting.py",
+                                  "ldm_semantic.py"])
+def test_ldm_stage_configs_build(spec):
+  """The full-size LDM configs' blocks agree (latent and concatenated channels, context
+  widths, classes): the stage builds on a random first stage and its state traces."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  argv = [f"--config=configs/{spec}"]
+  if not spec.endswith("f=1"):
+    argv.append("--config.first_stage.source=random")
+  config = _load(argv)
+  state = jax.eval_shape(stages.create(config).init_state, jax.random.key(0))
+  unet = state.params["model"]["unet"]
+  assert unet["conv_out"]["kernel"].shape[-1] == config.unet.out_channels
+  assert unet["conv_in"]["kernel"].shape[-2] == config.unet.in_channels

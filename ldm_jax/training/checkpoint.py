@@ -59,8 +59,23 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: DataIterato
       config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=force)
 
 
-# Blocks that fix the shapes of the saved state: a run cannot resume with others.
-STRUCTURAL_BLOCKS = ("stage", "autoencoder", "unet", "conditioner")
+# Blocks and fields that fix the structure of the saved state: a run cannot resume with
+# others (the LDM stage's conditioner, label table and log-variance depend on these fields).
+STRUCTURAL_BLOCKS = ("stage", "autoencoder", "unet", "conditioner", "conditioning.type",
+                     "conditioning.class_input", "conditioning.num_classes",
+                     "diffusion.learn_logvar", "diffusion.num_timesteps")
+
+
+# Fields whose value may change on resume, but not whether they are zero (an EMA or not).
+_PRESENCE_FIELDS = ("ema.decay",)
+
+
+def _get(tree: dict, dotted: str):
+  for name in dotted.split("."):
+    if not isinstance(tree, dict):
+      return None
+    tree = tree.get(name)
+  return bool(tree) if dotted in _PRESENCE_FIELDS else tree
 
 
 def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.ConfigDict):
@@ -77,12 +92,14 @@ def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.Confi
   except Exception:  # pylint: disable=broad-except
     return  # An unreadable step: restore_latest reports it.
   current = json.loads(config.to_json_best_effort())
-  differing = [k for k in STRUCTURAL_BLOCKS if saved.get(k) != current.get(k)]
+  differing = [k for k in STRUCTURAL_BLOCKS + _PRESENCE_FIELDS
+               if _get(saved, k) != _get(current, k)]
   if differing:
     raise ValueError(
         f"{manager.directory} holds a run of another model: {', '.join(differing)} "
-        f"differ from this config (saved {', '.join(f'{k}={saved.get(k)}' for k in differing)}"
-        f"). Use a new --workdir, or the saved config.")
+        f"differ from this config (saved "
+        f"{', '.join(f'{k}={_get(saved, k)}' for k in differing)}). Use a new --workdir, or "
+        f"the saved config.")
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: DataIterator):

@@ -33,7 +33,7 @@ def test_digits_match_scikit_learn(data_dir):
     assert expected[example["image"][..., 0].tobytes()] == example["label"]
     assert example["caption"].decode() == digits.caption_for(int(example["label"]))
     # Ink classes from the image itself: 0 where the value is 0, 2 where it is above 8/16.
-    values = np.round(example["image"][..., 0] * 16 / 255)
+    values = np.round(example["image"][..., 0].astype(np.float64) * 16 / 255)
     np.testing.assert_array_equal(example["segmentation"][..., 0],
                                   (values > 0).astype(int) + (values > 8).astype(int))
 

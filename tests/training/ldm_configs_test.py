@@ -11,7 +11,7 @@ from ldm_jax.training import loop
 
 TINY = [
     "digits_ldm:tiny", "digits_ldm:tiny,cond=caption", "digits_ldm:tiny,cond=none",
-    "digits_ldm:tiny,class_input=embedding", "ldm_celebahq256:tiny", "ldm_cin256:tiny",
+    "ldm_celebahq256:tiny", "ldm_cin256:tiny",
     "ldm_cin256:tiny,f=1", "ldm_txt2img:tiny", "ldm_sr:tiny", "ldm_inpainting:tiny",
     "ldm_semantic:tiny",
 ]

@@ -110,3 +110,21 @@ def test_first_stage_from_an_autoencoder_run_and_from_converted_weights(data_dir
   assert fs.scale_factor == 0.5
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(stage.constants["first_stage"])):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_ldm_resume_refuses_a_config_that_changes_the_state(data_dir, tmp_path):
+  config = digits_ldm.get_config("tiny")
+  config.data.data_dir = data_dir
+  config.update(num_steps=1, eval_every=100)
+  loop.train_and_evaluate(config, str(tmp_path))
+  config.num_steps = 2
+  config.diffusion.learn_logvar = True  # Adds a parameter: the saved state cannot fit.
+  with pytest.raises(ValueError, match="another model: diffusion.learn_logvar differ"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config.diffusion.learn_logvar = False
+  config.ema.decay = 0.0  # No EMA: the saved EMA parameters would not fit either.
+  with pytest.raises(ValueError, match="another model: ema.decay differ"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  import os  # pylint: disable=import-outside-toplevel
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]  # Nothing renamed or lost.

@@ -12,7 +12,7 @@ from ldm_jax.training import ldm_stage
 from ldm_jax.training import stages
 
 
-def _stage(arg="tiny", **overrides):
+def _stage(arg="tiny,class_input=context", **overrides):
   config = digits_ldm.get_config(arg)
   for key, value in overrides.items():
     target = config
@@ -124,8 +124,8 @@ def test_box_masks_and_area_resize():
 
 
 @pytest.mark.parametrize("kind", ["low_res", "inpainting", "semantic", "image"])
-def test_concat_conditions_train_and_drop_to_zero(kind):
-  """Each concatenation mode: the right channels, zeros when dropped, and a finite step."""
+def test_concat_conditions_and_their_dropout(kind):
+  """Each concatenation mode: the right channels at latent size, zeros when dropped."""
   overrides = {"conditioning.type": kind, "conditioning.dropout": 0.5, "unet.in_channels": 4,
                "conditioning.num_semantic_classes": 3, "conditioning.key": "cond",
                "conditioner": None, "unet.context_dim": None, "data.label_key": None}
@@ -147,11 +147,12 @@ def test_concat_conditions_train_and_drop_to_zero(kind):
   assert float(jnp.abs(c[1::2]).max()) == 0.0 and float(jnp.abs(c[0::2]).max()) > 0.0
   if kind == "semantic":  # Class fractions per latent cell sum to one.
     np.testing.assert_allclose(np.asarray(c[0].sum(-1)), 1.0, rtol=1e-6)
-  state = stage.init_state(jax.random.key(0))
-  state, metrics = jax.jit(stage.train_step)(state, batch, stage.constants)
-  assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
-  grid = stage.sample_grid(state, batch)
-  assert grid.ndim == 3 and grid.dtype == np.uint8
+  if kind == "image":  # The others train in ldm_configs_test.py (ldm_sr, ...:tiny).
+    state = stage.init_state(jax.random.key(0))
+    state, metrics = jax.jit(stage.train_step)(state, batch, stage.constants)
+    assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
+    grid = stage.sample_grid(state, batch)
+    assert grid.shape == (3 * 18, 2 * 18, 1)  # Condition, sample, truth rows of 16 + 2 px.
 
 
 def test_config_errors():
