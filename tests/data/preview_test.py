@@ -23,10 +23,11 @@ def _preview(*args):
 @pytest.mark.slow
 def test_preview_digits(data_dir, tmp_path):
   out = tmp_path / "grid.png"
-  stdout = _preview("--config=configs/digits_ldm.py", f"--config.data.data_dir={data_dir}",
+  stdout = _preview("--config=configs/digits_ldm.py:cond=caption",
+                    f"--config.data.data_dir={data_dir}",
                     f"--out={out}")
   assert "dataset 'digits', split 'train': 1437 examples" in stdout
-  assert "image: float32[64, 32, 32, 1]" in stdout
+  assert "image: float32[64, 16, 16, 1]" in stdout
   assert "label counts: " in stdout and "a handwritten digit" in stdout
   grid = np.asarray(Image.open(out))
   assert grid.ndim == 2 and min(grid.shape) >= 512 and grid.std() > 20  # Real strokes.
