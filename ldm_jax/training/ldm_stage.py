@@ -11,7 +11,6 @@ weighting, CompVis' logvar and VLB terms) -> optax update -> EMA (float32, CompV
 warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update).
 """
 
-import os
 
 import flax.linen as nn
 import jax
@@ -140,7 +139,7 @@ class LdmStage:
         simple_weight=self.diffusion.simple_weight, elbo_weight=self.diffusion.elbo_weight)
     return per_example, mse
 
-  def _inputs(self, state_or_none, batch, consts, keys, *, eval_mode: bool):
+  def _inputs(self, batch, consts, keys, *, eval_mode: bool):
     fs = consts.get("first_stage")
     if self.cached:
       moments = batch["moments"].astype(jnp.float32)
@@ -166,7 +165,7 @@ class LdmStage:
   def train_step(self, state: TrainState, batch, consts):
     keys = {k: state.step_key(k) for k in ("posterior", "dropout", "t", "eps", "mask",
                                            "unet_dropout")}
-    inputs = self._inputs(state, batch, consts, keys, eval_mode=False)
+    inputs = self._inputs(batch, consts, keys, eval_mode=False)
 
     def loss_fn(params):
       per_example, mse = self._loss(params, batch, **inputs, unet=self.train_unet,
@@ -199,7 +198,7 @@ class LdmStage:
     with fixed noise: comparable from one evaluation to the next."""
     key = jax.random.key(self.config.seed + 2)
     keys = {k: jax.random.fold_in(key, i) for i, k in enumerate(("eps", "mask"))}
-    inputs = self._inputs(None, batch, consts, keys, eval_mode=True)
+    inputs = self._inputs(batch, consts, keys, eval_mode=True)
     per_example, mse = self._loss(self.sampling_params(state), batch, **inputs,
                                   unet=self.unet, key=None)
     mask = batch["mask"].astype(jnp.float32)
