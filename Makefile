@@ -36,7 +36,7 @@ quickstart: $(STAMP)
 	$(BIN)/python train.py --config=configs/digits_ldm.py:ae=$(QUICKSTART)/autoencoder \
 	    --workdir=$(QUICKSTART)/ldm
 	$(BIN)/python -m ldm_jax.eval.digits_report --workdir=$(QUICKSTART)/ldm \
-	    --out=$(QUICKSTART)/samples.png
+	    --out=$(QUICKSTART)/samples.png --steps=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

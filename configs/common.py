@@ -62,6 +62,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   config.resize_method = "bicubic"
   config.small_images = "error"  # Shorter side < image_size: 'error', 'upscale' or 'skip'.
   config.channels = config_dict.placeholder(int)  # None keeps the source's; 1 or 3.
+  # LDM-BSR: `low_res` = the crop degraded by 'bsrgan' / 'bsrgan_light' to image_size /
+  # degradation_factor (ldm_jax/data/degradation.py); None: no such field.
+  config.degradation = config_dict.placeholder(str)
+  config.degradation_factor = 4
   # Batching: the *global* batch, split over processes and devices.
   config.batch_size = 64
   config.shuffle_buffer = 10_000

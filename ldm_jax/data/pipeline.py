@@ -13,8 +13,10 @@ is about `shuffle_buffer` x the size of one stored image per process.
 Output batch keys: `image` (float32, [-1, 1], NHWC), `label` (int32) and `caption` (bytes)
 when the config names them, each of `data.cond_image_keys` (same geometry as `image`), each
 of `data.label_map_keys` (int32 [B, H, W] class maps, same geometry, nearest resizing), `id`
-(the TFDS example id) and, for evaluation, `mask` (False for padding). Reading a latent cache
-(`data.latent_key`, see ldm_jax/ldm/latent_cache.py), `moments` replaces `image`.
+(the TFDS example id) and, for evaluation, `mask` (False for padding). With
+`data.degradation` ('bsrgan' or 'bsrgan_light', see degradation.py), `low_res` is the image
+degraded to image_size / `data.degradation_factor` (float32, [-1, 1]; LDM-BSR's input). Reading
+a latent cache (`data.latent_key`, see ldm_jax/ldm/latent_cache.py), `moments` replaces `image`.
 """
 
 import json
@@ -30,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ldm_jax.data import degradation
 from ldm_jax.data import preprocess
 from ldm_jax.data import sources
 from ldm_jax.parallel import sharding
@@ -58,6 +61,18 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   if data_config.channels not in (None, 1, 3):
     raise ValueError(f"data.channels={data_config.channels}: expected None (keep the "
                      f"source's), 1 or 3.")
+  variant = data_config.get("degradation")
+  if variant is not None:
+    if variant not in degradation.VARIANTS:
+      raise ValueError(f"data.degradation={variant!r}: expected None or one of "
+                       f"{degradation.VARIANTS}.")
+    factor = data_config.get("degradation_factor")
+    if not isinstance(factor, int) or factor < 1 or data_config.image_size % factor:
+      raise ValueError(f"data.degradation_factor={factor!r}: expected a positive integer "
+                       f"dividing data.image_size={data_config.image_size}.")
+    if data_config.get("latent_key"):
+      raise ValueError("data.degradation needs images; it cannot read a latent cache "
+                       "(data.latent_key).")
 
 
 def local_batch_size(global_batch: int, mesh: Mesh, process_count: int) -> int:
@@ -164,6 +179,9 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
     out = {k: tf.cast(im[..., 0], tf.int32) if k in label_maps else
            preprocess.to_model_range(im, data_config.channels if k == "image" else None)
            for k, im in zip(image_outs, images)}
+    if data_config.get("degradation"):
+      out["low_res"] = _degraded(data_config, images[0], example_seed, example["tfds_id"],
+                                 seed)
     if "label" in keys:
       out["label"] = tf.cast(example[keys["label"]], tf.int32)
     if "caption" in keys:
@@ -172,6 +190,20 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
     return out, too_small
 
   return fn
+
+
+def _degraded(data_config, image, example_seed, example_id, seed: int):
+  """The `low_res` field: the crop (float [0, 255]) degraded, in the model's range.
+  Training draws a new degradation per epoch (the example's seed); evaluation one per
+  example id, whatever the process count."""
+  if example_seed is None:
+    id_hash = tf.strings.to_hash_bucket_fast(example_id, 2**62)
+    deg_seed = tf.stack([tf.constant(seed, tf.int64), id_hash])
+  else:
+    deg_seed = tf.random.experimental.stateless_fold_in(example_seed, 0x5eed)
+  low = degradation.degrade(image / 255.0, deg_seed, factor=data_config.degradation_factor,
+                            variant=data_config.degradation)
+  return preprocess.to_model_range(low * 255.0, data_config.channels)
 
 
 def _latent_example_fn(data_config, keys: dict[str, str], *, train: bool, seed: int,

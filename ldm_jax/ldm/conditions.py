@@ -6,7 +6,9 @@
                 LDM cin256) or the UNet's label embedding (class_input='embedding');
   'text'        `caption` -> offline tokenizer -> TextEncoder context, trained with the UNet;
   'low_res'     super-resolution: the image, downsampled (bicubic, antialiased) to the latent
-                size, concatenated to the latents (LDM-SR);
+                size, concatenated to the latents (LDM-SR); with `conditioning.key='low_res'`
+                the pipeline's BSRGAN-degraded image instead (`data.degradation`, LDM-BSR),
+                resized to the latent size when its factor differs;
   'inpainting'  a random mask (1 = hole) at latent size and the latents of the masked image,
                 concatenated in that order (CompVis/SD inpainting layout);
   'semantic'    an integer map `conditioning.key` -> one-hot over `num_semantic_classes`,
@@ -121,6 +123,11 @@ class Conditioning:
       if unet.num_classes is not None:
         raise ValueError(f"unet.num_classes={unet.num_classes} needs conditioning.type="
                          f"'class' with class_input='embedding'.")
+    if self.type == "low_res" and self.key is not None and (
+        self.key != "low_res" or not config.data.get("degradation")):
+      raise ValueError(f"conditioning.key={self.key!r} for type 'low_res': expected None "
+                       f"(bicubic downsampling in the step) or 'low_res' with "
+                       f"data.degradation set (the pipeline's degraded image).")
     if self.type in ("semantic", "image") and not self.key:
       raise ValueError(f"conditioning.type={self.type!r} needs conditioning.key (the batch "
                        f"field of the condition).")
@@ -154,7 +161,7 @@ class Conditioning:
   @property
   def batch_keys(self) -> tuple[str, ...]:
     return {"class": ("label",), "text": ("tokens",), "semantic": (self.key,),
-            "image": (self.key,)}.get(self.type, ())
+            "image": (self.key,), "low_res": (self.key,) if self.key else ()}.get(self.type, ())
 
   def tokenize(self, captions) -> np.ndarray:
     return self.tokenizer(list(captions), self.max_length)
@@ -181,8 +188,7 @@ class Conditioning:
     b, size = image.shape[0], image.shape[1]
     side = size // self.first_stage.downsample
     if self.type == "low_res":
-      c = jax.image.resize(image, (b, side, side, image.shape[-1]), "bicubic", antialias=True)
-      c = jnp.clip(c, -1.0, 1.0)
+      c = self.low_res(batch, side)
     elif self.type == "inpainting":
       mask = box_masks(key, b, size)
       masked = image * (1.0 - mask)
@@ -203,6 +209,16 @@ class Conditioning:
       raise ValueError(f"conditioning.type={self.type!r}: the condition has {c.shape[-1]} "
                        f"channels; the UNet expects {self.concat_channels}.")
     return jax.lax.stop_gradient(c * keep[:, None, None, None])
+
+  def low_res(self, batch, side: int):
+    """[B, side, side, C] in [-1, 1]: the batch's degraded image (`key`) or the image's
+    bicubic downsampling."""
+    low = batch[self.key] if self.key else batch["image"]
+    low = jnp.asarray(low, jnp.float32)
+    if low.shape[1] != side or low.shape[2] != side:
+      low = jax.image.resize(low, (low.shape[0], side, side, low.shape[-1]), "bicubic",
+                             antialias=True)
+    return jnp.clip(low, -1.0, 1.0)
 
   def context_and_labels(self, params, batch, keep):
     """(context or None, y or None), applying the conditioner with `params`."""

@@ -275,8 +275,7 @@ class LdmStage:
       mask = np.asarray(conditions.box_masks(jax.random.split(key)[0], b, size))
       return image * (1.0 - mask)
     if self.cond.type == "low_res":
-      side = size // self.first_stage.downsample
-      low = jax.image.resize(image, (b, side, side, channels), "bicubic", antialias=True)
+      low = self.cond.low_res(grid_batch, size // self.first_stage.downsample)
       return np.asarray(jax.image.resize(low, image.shape, "nearest"))
     cond = np.asarray(grid_batch[self.cond.key], np.float32)
     if self.cond.type == "semantic":

@@ -236,3 +236,31 @@ class LdmJaxTestPaired(tfds.core.GeneratorBasedBuilder):
     for i in range(8):
       gray = rng.integers(0, 255, (30 + i, 40, 1), np.uint8)
       yield i, {"image": np.repeat(gray, 3, axis=-1), "thermal": gray}
+
+
+def test_degraded_low_res_field(data_dir, tmp_path):
+  """`low_res` is the crop degraded to image_size / factor: close to the crop's own
+  downsampling, new draws per epoch in training, fixed per example id in evaluation, and
+  restored exactly with the iterator."""
+  config = _config(data_dir, degradation="bsrgan_light", degradation_factor=4)
+  iterator = pipeline.create_iterator(config, seed=1)
+  (batch,) = _take(iterator, 1)
+  low, image = batch["low_res"], batch["image"]
+  assert low.shape == (16, 8, 8, 3) and low.dtype == np.float32
+  np.testing.assert_allclose((low + 1) * 127.5, np.round((low + 1) * 127.5), atol=1e-3)
+  pooled = image.reshape(16, 8, 4, 8, 4, 3).mean(axis=(2, 4))
+  assert np.abs(low - pooled).mean() < 0.15, np.abs(low - pooled).mean()
+  iterator.save(str(tmp_path))
+  after = _take(iterator, 1)
+  restored = pipeline.create_iterator(config, seed=1)
+  restored.restore(str(tmp_path))
+  _assert_same(after, _take(restored, 1))
+
+  evals = [_take(pipeline.create_iterator(config, seed=0, train=False), 1)[0]
+           for _ in range(2)]
+  _assert_same(evals[:1], evals[1:])
+  with pytest.raises(ValueError, match="degradation_factor=3: expected a positive integer"):
+    pipeline.create_iterator(_config(data_dir, degradation="bsrgan", degradation_factor=3),
+                             seed=0)
+  with pytest.raises(ValueError, match="degradation='blur'"):
+    pipeline.create_iterator(_config(data_dir, degradation="blur"), seed=0)

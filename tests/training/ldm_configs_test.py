@@ -3,10 +3,12 @@ grid, checkpoint) on offline data; the LDM-f sweep's blocks agree with each othe
 
 import importlib
 import os
+import types
 
 import numpy as np
 import pytest
 
+from ldm_jax.ldm import conditions
 from ldm_jax.training import loop
 
 TINY = [
@@ -53,3 +55,13 @@ def test_unknown_variants_are_refused():
     _load("ldm_cin256:f=3")
   with pytest.raises(ValueError, match="cond='colour'"):
     _load("digits_ldm:cond=colour")
+  with pytest.raises(ValueError, match="degradation='blur'"):
+    _load("ldm_sr:degradation=blur")
+
+
+def test_low_res_key_needs_the_pipeline_degradation():
+  config = _load("ldm_sr:tiny")
+  assert config.conditioning.key == "low_res" and config.data.degradation == "bsrgan_light"
+  config.data.degradation = None
+  with pytest.raises(ValueError, match="conditioning.key='low_res' for type 'low_res'"):
+    conditions.Conditioning(config, types.SimpleNamespace(channels=4, downsample=2))
