@@ -61,7 +61,7 @@ def test_autoencoder_stage_configs_build(name, variant):
 @pytest.mark.parametrize("spec", ["ldm_celebahq256.py", "ldm_cin256.py", "ldm_cin256.py:f=1",
                                   "ldm_cin256.py:f=8", "ldm_cin256.py:f=32",
                                   "ldm_txt2img.py", "ldm_sr.py", "ldm_inpainting.py",
-                                  "ldm_semantic.py"])
+                                  "ldm_semantic.py", "ldm_paired.py:dataset=pairs"])
 def test_ldm_stage_configs_build(spec):
   """The full-size LDM configs' blocks agree (latent and concatenated channels, context
   widths, classes): the stage builds on a random first stage and its state traces."""

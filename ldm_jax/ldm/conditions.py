@@ -181,39 +181,51 @@ class Conditioning:
     return (jax.random.uniform(key, (batch_size,)) >= self.dropout).astype(jnp.float32)
 
   def concat(self, fs_params, batch, keep, key):
-    """The concatenated conditioning [B, h, w, C] at latent size, or None."""
+    """The concatenated conditioning [B, h, w, C] at latent size from a training batch, or
+    None; inpainting draws its random box masks from `key`."""
     if self.type not in CONCAT_TYPES:
       return None
     image = batch["image"].astype(jnp.float32)
-    b, size = image.shape[0], image.shape[1]
-    side = size // self.first_stage.downsample
+    side = image.shape[1] // self.first_stage.downsample
     if self.type == "low_res":
-      c = self.low_res(batch, side)
+      fields = {"low_res": batch[self.key] if self.key else image}
     elif self.type == "inpainting":
-      mask = box_masks(key, b, size)
+      fields = {"mask": box_masks(key, image.shape[0], image.shape[1]), "image": image}
+    else:
+      fields = {self.key: batch[self.key]}
+    return self.concat_from(fs_params, fields, keep, side)
+
+  def concat_from(self, fs_params, fields, keep, side: int):
+    """The concatenation [B, side, side, C] from its explicit inputs (what sampling gets
+    from a user): `low_res` (any size, [-1, 1]); `mask` (1 = hole) and `image` at image
+    size; the integer map or the paired image under `conditioning.key`."""
+    if self.type == "low_res":
+      c = self.low_res(fields["low_res"], side)
+    elif self.type == "inpainting":
+      mask, image = fields["mask"].astype(jnp.float32), fields["image"].astype(jnp.float32)
       masked = image * (1.0 - mask)
-      c = jnp.concatenate([area_resize(mask, side) if side != size else mask,
+      c = jnp.concatenate([area_resize(mask, side) if side != mask.shape[1] else mask,
                            self.first_stage.encode(fs_params, masked)], axis=-1)
     elif self.type == "semantic":
-      labels = batch[self.key]
+      labels = fields[self.key]
       labels = labels[..., 0] if labels.ndim == 4 else labels
       onehot = jax.nn.one_hot(labels, self.concat_channels, dtype=jnp.float32)
       c = area_resize(onehot, side)
     else:
-      cond = batch[self.key].astype(jnp.float32)
+      cond = fields[self.key].astype(jnp.float32)
       if self.block.get("encode_condition", True):
         c = self.first_stage.encode(fs_params, cond)
       else:
-        c = jax.image.resize(cond, (b, side, side, cond.shape[-1]), "bicubic", antialias=True)
+        c = jax.image.resize(cond, (cond.shape[0], side, side, cond.shape[-1]), "bicubic",
+                             antialias=True)
     if c.shape[-1] != self.concat_channels:
       raise ValueError(f"conditioning.type={self.type!r}: the condition has {c.shape[-1]} "
                        f"channels; the UNet expects {self.concat_channels}.")
     return jax.lax.stop_gradient(c * keep[:, None, None, None])
 
-  def low_res(self, batch, side: int):
-    """[B, side, side, C] in [-1, 1]: the batch's degraded image (`key`) or the image's
-    bicubic downsampling."""
-    low = batch[self.key] if self.key else batch["image"]
+  def low_res(self, low, side: int):
+    """[B, side, side, C] in [-1, 1]: the low-resolution input (the pipeline's degraded
+    image, or the image itself), bicubic-resized to the latent side where it differs."""
     low = jnp.asarray(low, jnp.float32)
     if low.shape[1] != side or low.shape[2] != side:
       low = jax.image.resize(low, (low.shape[0], side, side, low.shape[-1]), "bicubic",
@@ -239,3 +251,11 @@ class Conditioning:
   def inputs(self, params, fs_params, batch, keep, key):
     context, y = self.context_and_labels(params, batch, keep)
     return {"concat": self.concat(fs_params, batch, keep, key), "context": context, "y": y}
+
+  def inputs_from(self, params, fs_params, fields, keep, side: int):
+    """`inputs` from explicit condition fields (`label`, `tokens`, or those of
+    `concat_from`), for latents of `side` x `side`."""
+    context, y = self.context_and_labels(params, fields, keep)
+    concat = (self.concat_from(fs_params, fields, keep, side)
+              if self.type in CONCAT_TYPES else None)
+    return {"concat": concat, "context": context, "y": y}

@@ -209,7 +209,7 @@ def load(config: ml_collections.ConfigDict, rng=None):
                     "untrained autoencoder. Use this for smoke tests only.")
   else:
     expected = factory.param_shapes(model, factory.autoencoder_example_inputs(arch))
-    _check_shapes(nn.unbox(expected), params, description)
+    check_shapes(nn.unbox(expected), params, description)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   stage = FirstStage(model, arch.type, float(scale), int(arch.embed_dim),
                      2 ** (len(arch.ch_mult) - 1), description)
@@ -218,7 +218,8 @@ def load(config: ml_collections.ConfigDict, rng=None):
   return stage, params
 
 
-def _check_shapes(expected, params, where: str) -> None:
+def check_shapes(expected, params, where: str, what: str = "autoencoder") -> None:
+  """Raises naming the first mismatching or unexpected leaves of `params`."""
   flat_e = {"/".join(map(str, k)): v.shape for k, v in
             jax.tree_util.tree_flatten_with_path(expected)[0]}
   flat_p = {"/".join(map(str, k)): np.shape(v) for k, v in
@@ -227,5 +228,5 @@ def _check_shapes(expected, params, where: str) -> None:
          if flat_p.get(k) != s]
   extra = sorted(set(flat_p) - set(flat_e))
   if bad or extra:
-    raise ValueError(f"The autoencoder parameters from {where} do not fit its architecture: "
+    raise ValueError(f"The {what} parameters from {where} do not fit its architecture: "
                      f"{'; '.join(bad[:5] + [f'unexpected {k}' for k in extra[:5]])}.")

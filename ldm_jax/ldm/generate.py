@@ -32,9 +32,12 @@ def schedule_from_config(block: ml_collections.ConfigDict) -> schedules.Discrete
   return schedule
 
 
-def unet_model_fn(unet, params):
-  """model_fn(x, t, cond) for the samplers: concatenates cond['concat'] to x."""
+def unet_model_fn(unet, params, on_call=None):
+  """model_fn(x, t, cond) for the samplers: concatenates cond['concat'] to x. `on_call(t)`,
+  if given, runs on the host at every model call (a progress bar)."""
   def fn(x, t, cond):
+    if on_call is not None:
+      jax.debug.callback(on_call, t[0])
     inputs = x if cond.get("concat") is None else jnp.concatenate(
         [x, cond["concat"].astype(x.dtype)], axis=-1)
     out = unet.apply({"params": params}, inputs, t, cond.get("context"), cond.get("y"))
@@ -44,9 +47,11 @@ def unet_model_fn(unet, params):
 
 def sample_latents(unet, params, schedule, cond, uncond, key, shape, *, prediction: str,
                    sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-                   guidance_scale: float = 1.0, guidance_rescale: float = 0.0):
-  """Latents [shape] drawn with `sampler`; guidance_scale != 1 needs `uncond`."""
-  model_fn = unet_model_fn(unet, params)
+                   guidance_scale: float = 1.0, guidance_rescale: float = 0.0, x_T=None,
+                   on_call=None):
+  """Latents [shape] drawn with `sampler`; guidance_scale != 1 needs `uncond`. The starting
+  noise is drawn from `key` unless `x_T` is given."""
+  model_fn = unet_model_fn(unet, params, on_call)
   if guidance_scale != 1.0:
     if uncond is None:
       raise ValueError("guidance_scale != 1 needs unconditional inputs (a model trained "
@@ -56,6 +61,9 @@ def sample_latents(unet, params, schedule, cond, uncond, key, shape, *, predicti
   else:
     fn = lambda x, t: model_fn(x, t, cond)
   k_init, k_sample = jax.random.split(key)
-  x_T = jax.random.normal(k_init, shape, jnp.float32)
+  if x_T is None:
+    x_T = jax.random.normal(k_init, shape, jnp.float32)
+  elif tuple(x_T.shape) != tuple(shape):
+    raise ValueError(f"x_T has shape {x_T.shape}; expected {tuple(shape)}.")
   return samplers.sample(fn, schedule, x_T, key=k_sample, sampler=sampler, steps=steps,
                          prediction=prediction, eta=eta)

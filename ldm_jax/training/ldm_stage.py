@@ -275,7 +275,8 @@ class LdmStage:
       mask = np.asarray(conditions.box_masks(jax.random.split(key)[0], b, size))
       return image * (1.0 - mask)
     if self.cond.type == "low_res":
-      low = self.cond.low_res(grid_batch, size // self.first_stage.downsample)
+      low = self.cond.low_res(grid_batch[self.cond.key] if self.cond.key else image,
+                              size // self.first_stage.downsample)
       return np.asarray(jax.image.resize(low, image.shape, "nearest"))
     cond = np.asarray(grid_batch[self.cond.key], np.float32)
     if self.cond.type == "semantic":

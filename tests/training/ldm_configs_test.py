@@ -2,6 +2,7 @@
 grid, checkpoint) on offline data; the LDM-f sweep's blocks agree with each other."""
 
 import importlib
+import json
 import os
 import types
 
@@ -9,13 +10,12 @@ import numpy as np
 import pytest
 
 from ldm_jax.ldm import conditions
-from ldm_jax.training import loop
 
 TINY = [
     "digits_ldm:tiny", "digits_ldm:tiny,cond=caption", "digits_ldm:tiny,cond=none",
     "ldm_celebahq256:tiny", "ldm_cin256:tiny",
     "ldm_cin256:tiny,f=1", "ldm_txt2img:tiny", "ldm_sr:tiny", "ldm_inpainting:tiny",
-    "ldm_semantic:tiny",
+    "ldm_semantic:tiny", "ldm_paired:tiny",
 ]
 
 
@@ -26,15 +26,15 @@ def _load(spec):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", TINY)
-def test_tiny_variant_trains_one_step(spec, data_dir, tmp_path):
-  config = _load(spec)
-  config.data.data_dir = data_dir
-  config.num_steps = 1
-  state, metrics = loop.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 1 and int(state.skipped) == 0
-  assert np.isfinite(metrics["eval/loss"]) and metrics["eval/loss"] > 0
-  assert os.listdir(tmp_path / "checkpoints") == ["1"]
-  events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+def test_tiny_variant_trains_one_step(spec, tiny_run):
+  """(The runs are shared with tests/sampling, which sample from them.)"""
+  workdir = tiny_run(spec)
+  with open(os.path.join(workdir, "result.json")) as f:
+    result = json.load(f)
+  assert result["step"] == 1 and result["skipped"] == 0
+  assert np.isfinite(result["eval_loss"]) and result["eval_loss"] > 0
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+  events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
   assert events  # Metrics and the sample grid went to TensorBoard.
 
 
