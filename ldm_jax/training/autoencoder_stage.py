@@ -21,7 +21,6 @@ import optax
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
-from ldm_jax.data import pipeline
 from ldm_jax.eval import reconstruction
 from ldm_jax.models import factory
 from ldm_jax.models.discriminator import NLayerDiscriminator
@@ -226,6 +225,7 @@ def latent_statistics(stage: AutoencoderStage, ae_params, config, mesh,
   """Mean, std and scale_factor (1 / std) of the latents the LDM stage will see: posterior
   samples for KL models (as CompVis' get_first_stage_encoding), pre-quantisation latents
   for VQ (as its VQModelInterface), over the train split without augmentation."""
+  from ldm_jax.data import pipeline  # pylint: disable=import-outside-toplevel  (TensorFlow)
   max_batches = max_batches or config.get("scale_factor_batches")
   iterator = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=False,
                                       split=config.data.train_split)

@@ -13,7 +13,7 @@ from ldm_jax.convert import export
 from ldm_jax.convert import load
 from ldm_jax.convert import torch_weights
 from ldm_jax.models import factory
-from tests import diffusers_configs
+from ldm_jax.convert import diffusers_configs
 from tests import torch_reference as ref
 
 diffusers = pytest.importorskip("diffusers")

@@ -10,7 +10,7 @@ import pytest
 
 from configs import architectures
 from ldm_jax.models import factory
-from tests import diffusers_configs
+from ldm_jax.convert import diffusers_configs
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests import diffusers_configs
+from ldm_jax.convert import diffusers_configs
 from tests import torch_reference as ref
 
 diffusers = pytest.importorskip("diffusers")

@@ -24,16 +24,17 @@ def _refused(model, match, **kw):
 
 
 def test_class_samples_are_seeded_and_batch_independent(class_model):
-  first = class_model.sample(12, class_label=3, seed=0)
+  first = class_model.sample(12, class_label=3, seed=0, batch_size=8)
   assert first.images.shape == (12, 16, 16, 1) and first.images.dtype == np.uint8
   assert first.conditions == [3] * 12
   assert first.settings["steps"] == 2 and first.settings["num_devices"] == 8
-  again = class_model.sample(12, class_label=3, seed=0)
+  again = class_model.sample(12, class_label=3, seed=0, batch_size=8)
   np.testing.assert_array_equal(first.images, again.images)
-  other = class_model.sample(12, class_label=3, seed=1)
+  other = class_model.sample(12, class_label=3, seed=1, batch_size=8)
   assert np.abs(first.images.astype(int) - other.images.astype(int)).max() > 10
   # Sample i starts from fold_in(seed, i): another batch size gives the same images.
-  wide = class_model.sample(12, class_label=3, seed=0, batch_size=16)
+  wide = class_model.sample(12, class_label=3, seed=0)  # One batch of 16 (the default).
+  assert wide.settings["batch_size"] == 16
   assert np.abs(first.images.astype(int) - wide.images.astype(int)).max() <= 1
 
 
@@ -77,8 +78,7 @@ def test_unconditional_text_and_paired_image(tiny_run):
            guidance_scale=2.0)
 
   text = sampler_lib.load(tiny_run("digits_ldm:tiny,cond=caption"))
-  result = text.sample(4, prompt=["a handwritten digit one", "a handwritten digit two"],
-                       sampler="dpm_solver++", steps=3)
+  result = text.sample(4, prompt=["a handwritten digit one", "a handwritten digit two"])
   assert result.images.shape == (4, 16, 16, 1) and result.columns == 2
   assert result.conditions[1:3] == ["a handwritten digit one", "a handwritten digit two"]
   _refused(text, "The model is text-conditional: give a prompt")
@@ -96,7 +96,7 @@ def test_super_resolution_inpainting_and_semantic(tiny_run):
   rng = np.random.default_rng(0)
   sr = sampler_lib.load(tiny_run("ldm_sr:tiny"))
   low = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
-  result = sr.sample(2, cond_image=low, sampler="plms", steps=2)
+  result = sr.sample(2, cond_image=low)
   assert result.images.shape == (2, 16, 16, 3)  # x2: the tiny degradation factor.
   _refused(sr, "must be a multiple of", cond_image=low[:7, :7])
   _refused(sr, "expected a square image", cond_image=low[:, :6])

@@ -132,6 +132,8 @@ def test_concat_conditions_and_their_dropout(kind):
   latent, pixels = 4, 1
   extra = {"low_res": pixels, "inpainting": latent + 1, "semantic": 3, "image": latent}[kind]
   overrides["unet.in_channels"] = latent + extra
+  if kind == "low_res":  # Bicubic downsampling of the image in the step (no key).
+    overrides["conditioning.key"] = None
   stage = _stage("tiny,cond=none", **overrides)
   batch = _batch(stage)
   batch.pop("label")

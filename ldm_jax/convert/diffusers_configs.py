@@ -1,4 +1,5 @@
-"""Our CompVis-style hyper-parameters as diffusers constructor arguments (the references)."""
+"""Our CompVis-style hyper-parameters as diffusers constructor arguments: the parity tests'
+references and benchmark.py's --compare=diffusers models."""
 
 
 def unet_heads(config: dict, channels: int) -> int:
@@ -30,6 +31,10 @@ def unet_condition_kwargs(c: dict) -> dict:
 
 def unet_2d_kwargs(c: dict) -> dict:
   """UNet2DModel arguments for a UNet with plain self-attention blocks (head channels)."""
+  if c.get("num_head_channels", -1) <= 0:
+    raise ValueError(f"unet.num_head_channels={c.get('num_head_channels')}: diffusers' "
+                     f"UNet2DModel fixes the channels per head; set num_head_channels > 0 "
+                     f"(instead of num_heads={c.get('num_heads')}).")
   levels = range(len(c["channel_mult"]))
   attend = [2**l in c["attention_resolutions"] for l in levels]
   return dict(

@@ -1,0 +1,56 @@
+"""Throughput per device on synthetic data: step time, images/s, compile time, FLOPs, MFU.
+
+  python benchmark.py --config=configs/benchmark.py:point=sd_unet_256 --json=out.json
+  python benchmark.py --config=configs/benchmark.py:point=kl_f8,tiny --compare=diffusers
+
+Measures what `config.benchmark.measure` names (see ldm_jax/benchmark/jax_steps.py); with
+--compare=diffusers also the same UNet / VAE step in diffusers, alternating call by call.
+Needs no TensorFlow and no data.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "A configs/benchmark.py point.",
+                                lock_config=True)
+flags.DEFINE_string("json", None, "Write the record here.")
+flags.DEFINE_enum("compare", None, ["diffusers"], "Also time diffusers' step.")
+flags.DEFINE_integer("batch_size", None, "Global batch.")
+flags.DEFINE_integer("image_size", None, "Image side in pixels.")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_bool("remat", None, "Rematerialise blocks.")
+flags.DEFINE_string("attention_impl", None, "xla or cudnn.")
+flags.DEFINE_string("mesh", None, "data,fsdp sizes, e.g. -1,1 or 2,4.")
+flags.DEFINE_integer("steps", None, "Timed steps.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from ldm_jax.benchmark import run  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  with config.unlocked():
+    for name in ("compare", "batch_size", "image_size", "dtype", "remat", "attention_impl",
+                 "steps"):
+      if FLAGS[name].value is not None:
+        config.benchmark[name] = FLAGS[name].value
+    if FLAGS.mesh:
+      sizes = FLAGS.mesh.split(",")
+      if len(sizes) != 2:
+        raise app.UsageError(f"--mesh={FLAGS.mesh!r}: expected data,fsdp (e.g. -1,1).")
+      config.mesh.update(data=int(sizes[0]), fsdp=int(sizes[1]))
+  record = run.run(config)
+  print(run.table(record))
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(record, f, indent=1)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""benchmark.py's standard points: `--config=configs/benchmark.py:point=NAME[,tiny]`.
+
+  sd_unet_256   Stable Diffusion v1's UNet on 32x32x4 latents (256 px through kl-f8), 77
+                context tokens of 768 (as frozen CLIP embeddings): unet_step, sampling;
+  sd_unet_512   the same on 64x64x4 latents (512 px);
+  cin256        LDM cin256-v2 (class-conditional ImageNet, vq-f4, 64x64x3): unet_step,
+                ldm_step (images through the frozen vq-f4 encoder, the class embedder),
+                sampling;
+  celebahq256   LDM CelebA-HQ 256 (unconditional, vq-f4): the same three;
+  kl_f8         the SD VAE (kl-f8) at 256 px: vae_step (L1 + KL), autoencoder_step (with
+                the PatchGAN; LPIPS off: it needs weights).
+`tiny` shrinks every network (32 channels, 16-32 px, float32) for CPUs and the tests. The
+`benchmark` block holds the run's settings; benchmark.py's flags override them.
+"""
+
+import ml_collections
+
+from configs import architectures
+from configs import autoencoder_kl_f8
+from configs import common
+from configs import ldm_celebahq256
+from configs import ldm_cin256
+
+POINTS = ("sd_unet_256", "sd_unet_512", "cin256", "celebahq256", "kl_f8")
+LDM_MEASURES = ("unet_step", "ldm_step", "sampling")
+
+
+def _sd_unet(tiny: bool, image_size: int):
+  config = common.ldm_stage_config(architectures.sd_v1_unet(),
+                                   autoencoder=architectures.sd_kl_f8())
+  config.first_stage.update(source="random", scale_factor=0.18215)
+  config.data.image_size = image_size
+  if tiny:
+    common.shrink_ldm_stage(config)
+    config.unet.context_dim = 32  # No conditioner: context tokens arrive as they are.
+  # The context is given (frozen-encoder embeddings): the LDM stage's own step would train a
+  # text encoder, which SD does not, so only the UNet step and sampling are measured.
+  return config, ("unet_step", "sampling"), 77
+
+
+def get_config(arg=None):
+  variant = common.parse_arg(arg, point="sd_unet_256", tiny=False)
+  if variant.point not in POINTS:
+    raise ValueError(f"configs/benchmark.py:point={variant.point!r}: expected one of "
+                     f"{POINTS}.")
+  tiny = variant.tiny
+  if variant.point.startswith("sd_unet"):
+    size = 512 if variant.point == "sd_unet_512" else 256
+    config, measures, tokens = _sd_unet(tiny, size)
+  elif variant.point == "kl_f8":
+    config = autoencoder_kl_f8.get_config("tiny" if tiny else None)
+    config.loss.perceptual_weight = 0.0
+    if not tiny:
+      config.data.image_size = config.autoencoder.resolution = 256
+    measures, tokens = ("vae_step", "autoencoder_step"), 0
+  else:
+    module = ldm_cin256 if variant.point == "cin256" else ldm_celebahq256
+    config = module.get_config("tiny" if tiny else None)
+    config.first_stage.update(source="random", path=None)
+    if tiny and variant.point == "celebahq256":  # Channels per head, as the full model.
+      config.unet.update(num_heads=-1, num_head_channels=16)
+    if config.first_stage.scale_factor is None:
+      config.first_stage.scale_factor = 1.0
+    measures, tokens = LDM_MEASURES, 1
+  image_size = 16 if tiny and config.get("stage") == "ldm" else int(config.data.image_size)
+  if tiny and config.get("stage") == "autoencoder":
+    image_size = 32
+  config.benchmark = ml_collections.ConfigDict(dict(
+      point=variant.point + (":tiny" if tiny else ""), measure=measures,
+      batch_size=8 if tiny else 16, image_size=image_size,
+      dtype="float32" if tiny else "bfloat16", remat=False, attention_impl="xla",
+      warmup=2, steps=5 if tiny else 20, sampling_steps=4 if tiny else 50,
+      guidance_scale=1.0, context_tokens=tokens, compare=""))
+  return config

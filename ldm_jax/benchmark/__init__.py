@@ -1,0 +1,1 @@
+"""benchmark.py's measurements: jax_steps (ours), torch_steps (diffusers), measure, run."""

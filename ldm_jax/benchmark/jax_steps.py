@@ -1,0 +1,234 @@
+"""The measured JAX programs, on synthetic data (nothing here imports TensorFlow):
+
+  unet_step         the UNet's training step on latents and context given (as with cached
+                    latents and frozen text embeddings): noise, UNet forward + backward, AdamW,
+                    EMA; the same work as `torch_steps.unet_step`;
+  ldm_step          the library's own LDM training step (`LdmStage.train_step`): images through
+                    the frozen autoencoder, conditioning, the UNet, AdamW, EMA;
+  sampling          DDIM with `sampling_steps` steps from noise to decoded images;
+  vae_step          the autoencoder's reconstruction step (L1 + KL, forward + backward,
+                    AdamW), the same work as `torch_steps.vae_step`;
+  autoencoder_step  the library's autoencoder training step (`AutoencoderStage.train_step`,
+                    with its PatchGAN discriminator).
+
+Each builder returns a `Program`: a jitted function with explicit shardings, its first
+arguments, and whether it threads a state (donated) through the calls.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ldm_jax.diffusion import process
+from ldm_jax.ldm import first_stage as first_stage_lib
+from ldm_jax.ldm import generate
+from ldm_jax.models import factory
+from ldm_jax.models.distributions import DiagonalGaussian
+from ldm_jax.parallel import sharding
+from ldm_jax.training import stages
+
+EMA_DECAY = 0.9999
+
+
+@dataclasses.dataclass
+class Program:
+  jitted: object
+  args: tuple  # The first call's arguments; with `stateful`, args[0] is the state.
+  stateful: bool
+  num_params: int
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _init_sharded(init_fn, mesh, rng):
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = sharding.tree_shardings(abstract, mesh)
+  return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
+
+
+def _put(batch: dict, mesh):
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def latent_side(config) -> int:
+  side, f = int(config.benchmark.image_size), _downsample(config)
+  if side % f:
+    raise ValueError(f"benchmark.image_size={side} is not a multiple of the autoencoder's "
+                     f"downsampling factor {f}.")
+  return side // f
+
+
+def _downsample(config) -> int:
+  return 2 ** (len(config.autoencoder.ch_mult) - 1)
+
+
+def unet_inputs(config, batch: int, seed: int = 0) -> dict:
+  """Synthetic latents (+ concatenated channels), context tokens and labels for the UNet."""
+  block, side = config.unet, latent_side(config)
+  rng = np.random.default_rng(seed)
+  out = {"latents": rng.standard_normal((batch, side, side, block.out_channels), np.float32)}
+  extra = block.in_channels - block.out_channels
+  if extra:
+    out["concat"] = rng.standard_normal((batch, side, side, extra), np.float32)
+  if block.get("context_dim"):
+    out["context"] = rng.standard_normal(
+        (batch, int(config.benchmark.context_tokens), block.context_dim), np.float32)
+  if block.get("num_classes"):
+    out["label"] = rng.integers(0, block.num_classes, (batch,)).astype(np.int32)
+  return out
+
+
+def unet_step(config, mesh) -> Program:
+  unet = factory.build_unet(config.unet)
+  schedule = generate.schedule_from_config(config.diffusion)
+  optimizer = optax.adamw(1e-4, weight_decay=0.01)
+  batch = _put(unet_inputs(config, int(config.benchmark.batch_size)), mesh)
+  example = factory.unet_example_inputs(config.unet)
+
+  def init(rng):
+    params = nn.unbox(unet.init(rng, *example)["params"])
+    ema = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    return {"params": params, "opt": optimizer.init(params), "ema": ema}
+
+  def step(state, batch, key):
+    k_t, k_eps = jax.random.split(key)
+    z0 = batch["latents"]
+    t = jax.random.randint(k_t, (z0.shape[0],), 0, schedule.num_timesteps)
+    eps = jax.random.normal(k_eps, z0.shape, jnp.float32)
+    alpha = process.broadcast(jnp.sqrt(schedule.alphas_cumprod[t]), z0)
+    sigma = process.broadcast(jnp.sqrt(schedule.sigmas_squared[t]), z0)
+    z_t = process.q_sample(x0=z0, eps=eps, alpha=alpha, sigma=sigma)
+    if "concat" in batch:
+      z_t = jnp.concatenate([z_t, batch["concat"]], axis=-1)
+
+    def loss_fn(params):
+      out = unet.apply({"params": params}, z_t, t, batch.get("context"), batch.get("label"))
+      return jnp.mean((out.astype(jnp.float32) - eps) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = jax.tree.map(lambda e, p: e + (1.0 - EMA_DECAY) * (p.astype(jnp.float32) - e),
+                       state["ema"], params)
+    return {"params": params, "opt": opt, "ema": ema}, loss
+
+  state, shardings = _init_sharded(init, mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return Program(jitted, (state, batch, jax.random.key(1)), True, _count(state["params"]))
+
+
+def ldm_step(config, mesh) -> Program:
+  stage = stages.create(config)
+  b, side = int(config.benchmark.batch_size), int(config.benchmark.image_size)
+  channels = config.autoencoder.in_channels
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (b, side, side, channels)).astype(np.float32)}
+  if stage.cond.type == "class":
+    batch["label"] = rng.integers(0, stage.cond.num_classes, (b,)).astype(np.int32)
+  elif stage.cond.type not in ("none", "low_res", "inpainting"):
+    raise ValueError(f"benchmark ldm_step: conditioning.type={stage.cond.type!r} is not "
+                     f"synthesised; use a class-, un-conditional, low_res or inpainting point.")
+  state, shardings = _init_sharded(stage.init_state, mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  consts = jax.device_put(stage.constants, replicated)
+  jitted = jax.jit(stage.train_step,
+                   in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return Program(jitted, (state, _put(batch, mesh), consts), True,
+                 _count(state.params["model"]["unet"]))
+
+
+def sampling(config, mesh) -> Program:
+  """DDIM from noise to decoded images with random weights (guidance: benchmark's scale)."""
+  fs, fs_params = first_stage_lib.load(config)
+  unet = factory.build_unet(config.unet)
+  schedule = generate.schedule_from_config(config.diffusion)
+  b = int(config.benchmark.batch_size)
+  inputs = unet_inputs(config, b, seed=2)
+  params, _ = _init_sharded(
+      lambda rng: nn.unbox(unet.init(rng, *factory.unet_example_inputs(config.unet))["params"]),
+      mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  fs_params = jax.device_put(fs_params, replicated)
+  scale = float(config.benchmark.guidance_scale)
+
+  def draw(params, fs_params, cond, key):
+    uncond = None if scale == 1.0 else jax.tree.map(jnp.zeros_like, cond)
+    latents = generate.sample_latents(
+        unet, params, schedule, cond, uncond, key, inputs["latents"].shape,
+        prediction=config.diffusion.prediction, sampler="ddim",
+        steps=int(config.benchmark.sampling_steps), guidance_scale=scale)
+    return jnp.clip(fs.decode(fs_params, latents), -1.0, 1.0)
+
+  cond = {k: v for k, v in {"concat": inputs.get("concat"), "context": inputs.get("context"),
+                            "y": inputs.get("label")}.items() if v is not None}
+  jitted = jax.jit(draw, in_shardings=(None, replicated, sharding.batch_sharding(mesh),
+                                       replicated),
+                   out_shardings=sharding.batch_sharding(mesh))
+  return Program(jitted, (params, fs_params, _put(cond, mesh), jax.random.key(3)), False,
+                 _count(params))
+
+
+def vae_inputs(config, batch: int, seed: int = 0) -> np.ndarray:
+  side, channels = int(config.benchmark.image_size), config.autoencoder.in_channels
+  return np.random.default_rng(seed).uniform(-1, 1, (batch, side, side, channels)).astype(
+      np.float32)
+
+
+def vae_step(config, mesh) -> Program:
+  model = factory.build_autoencoder(config.autoencoder)
+  if config.autoencoder.type != "kl":
+    raise ValueError("benchmark vae_step times a KL autoencoder (autoencoder.type='kl').")
+  optimizer = optax.adamw(1e-4, weight_decay=0.01)
+  images = _put({"image": vae_inputs(config, int(config.benchmark.batch_size))}, mesh)
+  example = factory.autoencoder_example_inputs(config.autoencoder)
+
+  def init(rng):
+    params = nn.unbox(model.init(rng, *example)["params"])
+    return {"params": params, "opt": optimizer.init(params)}
+
+  def step(state, batch, key):
+    x = batch["image"]
+
+    def loss_fn(params):
+      moments = model.apply({"params": params}, x, method=first_stage_lib._kl_moments)  # pylint: disable=protected-access
+      posterior = DiagonalGaussian.from_moments(moments)
+      recon = model.apply({"params": params}, posterior.sample(key), method="decode")
+      return (jnp.mean(jnp.abs(recon.astype(jnp.float32) - x))
+              + 1e-6 * jnp.mean(posterior.kl()))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+  state, shardings = _init_sharded(init, mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return Program(jitted, (state, images, jax.random.key(1)), True, _count(state["params"]))
+
+
+def autoencoder_step(config, mesh) -> Program:
+  stage = stages.create(config)
+  images = _put({"image": vae_inputs(config, int(config.benchmark.batch_size))}, mesh)
+  state, shardings = _init_sharded(stage.init_state, mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  consts = jax.device_put(stage.constants, replicated)
+  jitted = jax.jit(stage.train_step,
+                   in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return Program(jitted, (state, images, consts), True,
+                 _count(state.params["generator"]["autoencoder"]))
+
+
+BUILDERS = {"unet_step": unet_step, "ldm_step": ldm_step, "sampling": sampling,
+            "vae_step": vae_step, "autoencoder_step": autoencoder_step}

@@ -1,0 +1,106 @@
+"""benchmark.py on tiny points (CPU): every JSON field, the diffusers side built with the
+same architecture, FLOPs from XLA's cost analysis against analytic counts, no TensorFlow.
+No test here asserts a time."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ldm_jax.benchmark import measure
+from ldm_jax.benchmark import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIELDS = ("images_per_sec_per_device", "step_time_ms", "compile_time_s", "tflops_per_device",
+          "mfu", "device_kind", "num_devices", "batch_size", "image_size", "dtype", "remat",
+          "attention_impl", "mesh", "speedup_vs_diffusers")
+
+
+def _config(arg):
+  from configs import benchmark  # pylint: disable=import-outside-toplevel
+  return benchmark.get_config(arg)
+
+
+@pytest.mark.slow
+def test_benchmark_py_writes_every_field(tmp_path):
+  out = tmp_path / "record.json"
+  done = subprocess.run(
+      [sys.executable, "benchmark.py", "--config=configs/benchmark.py:point=celebahq256,tiny",
+       "--compare=diffusers", "--steps=2", f"--json={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads(out.read_text())
+  for field in FIELDS:
+    assert field in record, field
+  assert record["num_devices"] == 8 and record["device_kind"] == "cpu"
+  assert record["mfu"] is None and "MFU not reported" in record["mfu_note"]
+  assert set(record["measurements"]) == {"unet_step", "ldm_step", "sampling"}
+  unet = record["measurements"]["unet_step"]
+  assert unet["num_params"] == unet["diffusers_num_params"]  # The same architecture.
+  assert unet["speedup_vs_diffusers"] == pytest.approx(
+      unet["images_per_sec_per_device"] / unet["diffusers_images_per_sec_per_device"])
+  for m in record["measurements"].values():
+    assert m["step_time_ms"] > 0 and m["flops_per_step"] > 0 and m["timed_steps"] == 2
+    assert m["step_time_p10_ms"] <= m["step_time_ms"] <= m["step_time_p90_ms"]
+  assert "unet_step" in done.stdout and "speedup" in done.stdout  # The table.
+
+
+@pytest.mark.slow
+def test_vae_step_matches_diffusers_architecture():
+  config = _config("point=kl_f8,tiny")
+  config.benchmark.update(measure=("vae_step",), compare="diffusers", steps=1, warmup=1)
+  record = run.run(config)
+  vae = record["measurements"]["vae_step"]
+  assert vae["num_params"] == vae["diffusers_num_params"]
+  assert vae["flops_per_step"] > 0 and vae["speedup_vs_diffusers"] > 0
+
+
+def test_cost_analysis_flops_match_analytic_counts():
+  """A matmul is 2 m k n FLOPs and a stride-1 'SAME' conv 2 B H W Cin Cout kh kw, whatever
+  the device count (the per-device program's count times the devices)."""
+  x = jnp.ones((64, 96))
+  w = jnp.ones((96, 40))
+  compiled, _ = measure.compile_fn(jax.jit(jnp.matmul), x, w)
+  assert measure.program_flops(compiled) == pytest.approx(2 * 64 * 96 * 40, rel=0.01)
+
+  image = jnp.ones((8, 16, 16, 12))
+  kernel = jnp.ones((3, 3, 12, 20))
+  conv = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  # XLA counts the taps inside the image: with 'SAME' zero padding an edge output of a 3x3
+  # kernel has 6 (or 4 in a corner), so the taps summed over a 16 x 16 map are (3 * 16 - 2)^2.
+  expected = 2 * 8 * 12 * 20 * (3 * 16 - 2) ** 2
+  compiled, _ = measure.compile_fn(conv, image, kernel)
+  assert measure.program_flops(compiled) == pytest.approx(expected, rel=0.01)
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.asarray(jax.devices()), ("b",))
+  sharded = jax.device_put(image, NamedSharding(mesh, P("b")))
+  compiled, _ = measure.compile_fn(conv, sharded, kernel)
+  assert measure.program_flops(compiled) * 8 == pytest.approx(expected, rel=0.01)
+
+
+def test_peak_table_and_settings_errors():
+  assert measure.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4
+  assert measure.peak_tflops("TPU v5 lite", "bfloat16") == 197.0
+  assert measure.peak_tflops("TPU v5p", "bfloat16") == 459.0
+  assert measure.peak_tflops("cpu", "float32") is None
+  config = _config("point=sd_unet_256,tiny")
+  config.benchmark.measure = ("unet_step", "fid")
+  with pytest.raises(ValueError, match=r"unknown \['fid'\]"):
+    run.apply_settings(config)
+  with pytest.raises(ValueError, match="point='sd'"):
+    _config("point=sd")
+
+
+def test_importable_without_tensorflow():
+  code = ("import sys, benchmark\nfrom ldm_jax.benchmark import run, jax_steps\n"
+          "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+          "assert 'torch' not in sys.modules, 'torch imported'\n")
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
