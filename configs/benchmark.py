@@ -62,7 +62,9 @@ def get_config(arg=None):
     if config.first_stage.scale_factor is None:
       config.first_stage.scale_factor = 1.0
     measures, tokens = LDM_MEASURES, 1
-  image_size = 16 if tiny and config.get("stage") == "ldm" else int(config.data.image_size)
+  image_size = int(config.data.image_size)
+  if tiny and config.get("stage") == "ldm":
+    image_size = 32 if variant.point == "sd_unet_512" else 16  # Twice the latent side.
   if tiny and config.get("stage") == "autoencoder":
     image_size = 32
   config.benchmark = ml_collections.ConfigDict(dict(

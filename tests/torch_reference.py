@@ -5,6 +5,7 @@ import numpy as np
 
 torch = __import__("pytest").importorskip("torch")
 
+from ldm_jax.convert import compvis  # pylint: disable=g-import-not-at-top
 from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top
 from ldm_jax.models import factory  # pylint: disable=g-import-not-at-top
 
@@ -49,3 +50,23 @@ def relative_error(ours, reference) -> float:
   ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
   assert ours.shape == reference.shape, (ours.shape, reference.shape)
   return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def compvis_unet_state(block, theirs) -> dict:
+  """A diffusers UNet's weights under CompVis names (`model.diffusion_model.*`), numpy."""
+  levels = tuple(2**l in block.attention_resolutions for l in range(len(block.channel_mult)))
+  return {compvis.UNET_PREFIX + compvis.unet_name(
+      k, num_res_blocks=block.num_res_blocks, attention_levels=levels): v.numpy()
+          for k, v in theirs.state_dict().items()}
+
+
+def compvis_autoencoder_state(block, theirs) -> dict:
+  """A diffusers autoencoder's weights under CompVis names (`first_stage_model.*`)."""
+  state = {}
+  for key, value in theirs.state_dict().items():
+    value = value.numpy()
+    name = compvis.autoencoder_name(key, num_levels=len(block.ch_mult))
+    if ".attn" in name and name.endswith("weight") and value.ndim == 2:
+      value = value[:, :, None, None]  # CompVis attention projections are 1x1 convs.
+    state[compvis.AUTOENCODER_PREFIX + name] = value
+  return state

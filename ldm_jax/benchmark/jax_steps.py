@@ -53,6 +53,17 @@ def _init_sharded(init_fn, mesh, rng):
   return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
 
 
+def _training_program(init, step, mesh, batch, third, count) -> Program:
+  """step(state, batch, third) -> (state, metrics), jitted with the state's fsdp shardings,
+  the batch split over the mesh and the state donated; `count(state)` -> parameters."""
+  state, shardings = _init_sharded(init, mesh, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return Program(jitted, (state, batch, jax.device_put(third, replicated)), True,
+                 count(state))
+
+
 def _put(batch: dict, mesh):
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 
@@ -119,11 +130,8 @@ def unet_step(config, mesh) -> Program:
                        state["ema"], params)
     return {"params": params, "opt": opt, "ema": ema}, loss
 
-  state, shardings = _init_sharded(init, mesh, jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
-  return Program(jitted, (state, batch, jax.random.key(1)), True, _count(state["params"]))
+  return _training_program(init, step, mesh, batch, jax.random.key(1),
+                           lambda state: _count(state["params"]))
 
 
 def ldm_step(config, mesh) -> Program:
@@ -137,14 +145,8 @@ def ldm_step(config, mesh) -> Program:
   elif stage.cond.type not in ("none", "low_res", "inpainting"):
     raise ValueError(f"benchmark ldm_step: conditioning.type={stage.cond.type!r} is not "
                      f"synthesised; use a class-, un-conditional, low_res or inpainting point.")
-  state, shardings = _init_sharded(stage.init_state, mesh, jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  consts = jax.device_put(stage.constants, replicated)
-  jitted = jax.jit(stage.train_step,
-                   in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
-  return Program(jitted, (state, _put(batch, mesh), consts), True,
-                 _count(state.params["model"]["unet"]))
+  return _training_program(stage.init_state, stage.train_step, mesh, _put(batch, mesh),
+                           stage.constants, lambda state: _count(state.params["model"]["unet"]))
 
 
 def sampling(config, mesh) -> Program:
@@ -210,24 +212,16 @@ def vae_step(config, mesh) -> Program:
     updates, opt = optimizer.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
 
-  state, shardings = _init_sharded(init, mesh, jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
-  return Program(jitted, (state, images, jax.random.key(1)), True, _count(state["params"]))
+  return _training_program(init, step, mesh, images, jax.random.key(1),
+                           lambda state: _count(state["params"]))
 
 
 def autoencoder_step(config, mesh) -> Program:
   stage = stages.create(config)
   images = _put({"image": vae_inputs(config, int(config.benchmark.batch_size))}, mesh)
-  state, shardings = _init_sharded(stage.init_state, mesh, jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  consts = jax.device_put(stage.constants, replicated)
-  jitted = jax.jit(stage.train_step,
-                   in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
-  return Program(jitted, (state, images, consts), True,
-                 _count(state.params["generator"]["autoencoder"]))
+  return _training_program(
+      stage.init_state, stage.train_step, mesh, images, stage.constants,
+      lambda state: _count(state.params["generator"]["autoencoder"]))
 
 
 BUILDERS = {"unet_step": unet_step, "ldm_step": ldm_step, "sampling": sampling,

@@ -72,8 +72,7 @@ def run(*, out: str, workdir=None, checkpoint=None, step=None, use_ema=True, num
   """sample.py: load, read the condition files, sample, write `out`."""
   out = check_out(out)
   model = sampler_lib.load(workdir, checkpoint=checkpoint, step=step, use_ema=use_ema)
-  channels = {"low_res": model.cond.concat_channels, "image": model.image_channels,
-              "inpainting": model.image_channels}.get(model.mode)
+  channels = model.input_channels
   given = dict(cond_image=cond_image, image=image, mask=mask, semantic_map=semantic_map)
   arrays = {}
   for name, path in given.items():

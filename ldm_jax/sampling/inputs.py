@@ -107,10 +107,14 @@ def _semantic(value, num_classes: int) -> np.ndarray:
   return array.astype(np.int32)
 
 
-def _choices(options: list, num_samples):
-  """(per-sample option index, num_samples, columns): sample i takes option i * K // N."""
+def _choices(options: list, num_samples, default=None):
+  """(per-sample option index, num_samples, columns): sample i takes option i * K // N.
+  Default N: `default`, else 16 rounded up to a multiple of K."""
   k = len(options)
-  n = k * math.ceil(_DEFAULT_SAMPLES / k) if num_samples is None else int(num_samples)
+  if num_samples is not None:
+    n = int(num_samples)
+  else:
+    n = default or k * math.ceil(_DEFAULT_SAMPLES / k)
   if n < 1:
     raise ValueError(f"num_samples={num_samples}: expected a positive number.")
   if n < k:
@@ -172,25 +176,23 @@ def build(sampler, given: Given, num_samples) -> Conditions:
     side = _check_side(sampler, maps.shape[1], name)
     fields = {cond.key: maps}
   elif mode == "inpainting":
-    images = _images(value, name, sampler.image_channels)
+    images = _images(value, name, sampler.input_channels)
     if given.mask is None:
       raise ValueError("The model inpaints: give mask (1 = the hole to fill) with image.")
     fields = {"image": images, "mask": _mask(given.mask, images)}
     side = _check_side(sampler, images.shape[1], name)
   elif mode == "low_res":
-    images = _images(value, name, cond.concat_channels)
+    images = _images(value, name, sampler.input_channels)
     factor = int(sampler.config.data.degradation_factor) if cond.key else (
         sampler.stage.first_stage.downsample)
     side = _check_side(sampler, images.shape[1] * factor, f"{name} ({images.shape[1]} px x "
                        f"{factor})")
     fields = {"low_res": images}
   else:
-    encoded = cond.block.get("encode_condition", True)
-    channels = sampler.image_channels if encoded else cond.concat_channels
-    images = _images(value, name, channels)
+    images = _images(value, name, sampler.input_channels)
     side = _check_side(sampler, images.shape[1], name)
     fields = {cond.key: images}
   count = len(next(iter(fields.values())))
-  index, n, columns = _choices(list(range(count)), num_samples)
+  index, n, columns = _choices(list(range(count)), num_samples, default=count)
   return Conditions({k: v[index] for k, v in fields.items()}, n, side, columns,
                     [int(i) for i in index])

@@ -11,7 +11,8 @@ every class), `prompt` (a string or a list), `cond_image` (the low-resolution im
 super-resolution, the paired image for image -> image), `image` + `mask` (inpainting; mask 1 =
 the hole to fill), `semantic_map` (integer class map). With K conditions and N samples,
 sample i gets condition i * K // N: samples of one condition are adjacent, and the grid has a
-row per condition when N is a multiple of K.
+row per condition when N is a multiple of K. Default N: one per condition image (K), or 16
+rounded up to a multiple of K for classes and prompts.
 
 Every input is checked before anything is compiled. The batch is sharded over all local
 devices. Sample i starts from noise drawn from fold_in(seed, i), so the deterministic samplers
@@ -137,6 +138,15 @@ class Sampler:
   @property
   def num_classes(self) -> int | None:
     return self.cond.num_classes if self.mode == "class" else None
+
+  @property
+  def input_channels(self) -> int | None:
+    """Channels of the image a concatenation model takes (`cond_image`, or `image` for
+    inpainting); None for the other modes."""
+    if self.mode == "low_res" or (self.mode == "image" and
+                                  not self.cond.block.get("encode_condition", True)):
+      return self.cond.concat_channels
+    return self.image_channels if self.mode in ("image", "inpainting") else None
 
   @property
   def num_devices(self) -> int:

@@ -60,29 +60,11 @@ def _autoencoder(name):
   return block, theirs.eval()
 
 
-def _compvis_unet_state(block, theirs):
-  levels = tuple(2**l in block.attention_resolutions for l in range(len(block.channel_mult)))
-  return {compvis.UNET_PREFIX + compvis.unet_name(
-      k, num_res_blocks=block.num_res_blocks, attention_levels=levels): v.numpy()
-          for k, v in theirs.state_dict().items()}
-
-
-def _compvis_autoencoder_state(block, theirs):
-  state = {}
-  for key, value in theirs.state_dict().items():
-    value = value.numpy()
-    name = compvis.autoencoder_name(key, num_levels=len(block.ch_mult))
-    if ".attn" in name and name.endswith("weight") and value.ndim == 2:
-      value = value[:, :, None, None]  # CompVis attention projections are 1x1 convs.
-    state[compvis.AUTOENCODER_PREFIX + name] = value
-  return state
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize("name", list(UNETS))
 def test_unet_names_agree_with_diffusers_converter(name):
   block, theirs = _unet(name)
-  compvis_state = {k: torch.from_numpy(v) for k, v in _compvis_unet_state(block,
+  compvis_state = {k: torch.from_numpy(v) for k, v in ref.compvis_unet_state(block,
                                                                            theirs).items()}
   converted = single_file_utils.convert_ldm_unet_checkpoint(compvis_state, theirs.config)
   original = theirs.state_dict()
@@ -96,7 +78,7 @@ def test_unet_names_agree_with_diffusers_converter(name):
 def test_autoencoder_names_agree_with_diffusers_converter(name):
   block, theirs = _autoencoder(name)
   compvis_state = {k: torch.from_numpy(v) for k, v in
-                   _compvis_autoencoder_state(block, theirs).items()}
+                   ref.compvis_autoencoder_state(block, theirs).items()}
   converted = single_file_utils.convert_ldm_vae_checkpoint(compvis_state, theirs.config)
   original = theirs.state_dict()
   assert sorted(converted) == sorted(original)
@@ -119,7 +101,8 @@ def _unet_output(block, params, seed=0):
 def test_compvis_single_file_import_matches_diffusers(tmp_path, suffix):
   block, unet = _unet("sd1_like")
   vae_block, vae = _autoencoder("kl")
-  state = {**_compvis_unet_state(block, unet), **_compvis_autoencoder_state(vae_block, vae)}
+  state = {**ref.compvis_unet_state(block, unet),
+           **ref.compvis_autoencoder_state(vae_block, vae)}
   ema = {"model_ema." + "".join(k.split(".")[1:]): 0.5 * v
          for k, v in state.items() if k.startswith(compvis.UNET_PREFIX)}
   state.update(ema)
@@ -150,7 +133,7 @@ def test_compvis_single_file_import_matches_diffusers(tmp_path, suffix):
 
 def test_compvis_extra_key_is_reported(tmp_path):
   block, unet = _unet("sd2_like")
-  state = _compvis_unet_state(block, unet)
+  state = ref.compvis_unet_state(block, unet)
   state[compvis.UNET_PREFIX + "input_blocks.99.0.op.weight"] = np.zeros((1,), np.float32)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   save_file(state, str(tmp_path / "m.safetensors"))

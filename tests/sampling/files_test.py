@@ -40,11 +40,12 @@ def test_sample_py_writes_pngs_grid_npz_and_settings(tiny_run, tmp_path):
   assert settings["sampler"] == "ddim" and settings["steps"] == 2 and settings["seed"] == 0
   assert settings["mode"] == "class" and settings["step"] == 1
 
-  again = _sample_py(f"--workdir={tiny_run('digits_ldm:tiny')}", f"--out={out}")
-  assert again.returncode != 0 and "exists and is not empty" in again.stderr
+  # The same errors sample.py raises, in-process (before anything loads or compiles).
+  with pytest.raises(FileExistsError, match="exists and is not empty"):
+    files.run(out=str(out), workdir=tiny_run("digits_ldm:tiny"))
   assert len(os.listdir(out)) == 19  # Nothing was written over.
-  no_run = _sample_py(f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'x'}")
-  assert no_run.returncode != 0 and "has no checkpoints/ folder" in no_run.stderr
+  with pytest.raises(FileNotFoundError, match="has no checkpoints/ folder"):
+    files.run(out=str(tmp_path / "x"), workdir=str(tmp_path / "nothing"))
 
 
 def test_inpainting_from_png_files(tiny_run, tmp_path):

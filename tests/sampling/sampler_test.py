@@ -85,8 +85,9 @@ def test_unconditional_text_and_paired_image(tiny_run):
 
   paired = sampler_lib.load(tiny_run("ldm_paired:tiny"))
   ink = np.random.default_rng(0).integers(0, 3, (2, 16, 16, 1)).astype(np.uint8)
-  result = paired.sample(cond_image=ink)
-  assert result.images.shape == (2 * 8, 16, 16, 1)  # Eight per condition by default.
+  assert paired.sample(cond_image=ink).conditions == [0, 1]  # One per image by default.
+  result = paired.sample(16, cond_image=ink, batch_size=8)
+  assert result.images.shape == (16, 16, 16, 1) and result.columns == 8
   assert result.conditions == [0] * 8 + [1] * 8
   _refused(paired, r"cond_image: 3 channels .* the model expects 1",
            cond_image=np.zeros((16, 16, 3), np.uint8))
