@@ -36,10 +36,7 @@ def apply_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if block is not None:
       block.update(dtype=bench.dtype, remat=bool(bench.remat),
                    attention_impl=bench.attention_impl)
-  if config.get("stage") == "autoencoder":
-    config.autoencoder.resolution = int(bench.image_size)
-    config.data.image_size = int(bench.image_size)
-  elif config.get("data") is not None:
+  if config.get("data") is not None:  # (autoencoder.resolution stays: it places attention.)
     config.data.image_size = int(bench.image_size)
   return config
 

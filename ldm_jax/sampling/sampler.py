@@ -193,6 +193,8 @@ class Sampler:
     pixels of an inpainting image back into the samples (as CompVis' inpainting script)."""
     settings = self.settings(sampler=sampler, steps=steps, eta=eta,
                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+      raise ValueError(f"seed={seed!r}: expected an integer in 0 .. 2**32 - 1.")
     given = inputs_lib.Given(class_label=class_label, prompt=prompt, cond_image=cond_image,
                              image=image, mask=mask, semantic_map=semantic_map)
     cond = inputs_lib.build(self, given, num_samples)

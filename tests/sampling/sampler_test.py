@@ -63,6 +63,7 @@ def test_bad_inputs_are_refused_before_compiling(class_model, tmp_path):
            sampler="plms")
   _refused(class_model, "batch_size=4: expected a positive multiple of the 8", batch_size=4)
   _refused(class_model, "num_samples=5 is fewer than the 10 conditions", num_samples=5)
+  _refused(class_model, r"seed=-1: expected an integer in 0 \.\. 2\*\*32 - 1", seed=-1)
   with pytest.raises(FileNotFoundError, match="has no checkpoints/ folder"):
     sampler_lib.load(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="expected a run's checkpoints/<step> folder"):
@@ -74,6 +75,8 @@ def test_unconditional_text_and_paired_image(tiny_run):
   assert none.sample(3).images.shape == (3, 16, 16, 1)
   _refused(none, "class_label was given, but the model is conditioned by 'none'",
            class_label=1)
+  _refused(none, "prompt was given, but the model is conditioned by 'none': it takes no "
+           "condition", prompt="a three")
   _refused(none, "guidance_scale=2.0: classifier-free guidance needs a conditional model",
            guidance_scale=2.0)
 
