@@ -52,20 +52,25 @@ class AutoencoderStage:
                        f"{sorted(DISC_LOSSES)}.")
     # Frozen inputs of the steps that are not trained state (the LPIPS network).
     self.constants = _constants(self.loss)
-    self.optimizers = {
-        "generator": optim.create_optimizer(config.optimizer, num_steps=config.num_steps),
-        "discriminator": optim.create_optimizer(config.disc_optimizer,
-                                                num_steps=config.num_steps)}
     self._reconstruct_jit = jax.jit(self.reconstruct)
     size, channels = config.data.image_size, config.autoencoder.in_channels
     self._example = jnp.zeros((1, size, size, channels), jnp.float32)
+    # Shapes only: `optimizer.frozen` patterns are resolved against these trees.
+    abstract, _ = jax.eval_shape(self._init_params, jax.random.key(0))
+    self.optimizers = {
+        "generator": optim.create_optimizer(config.optimizer, num_steps=config.num_steps,
+                                            params=abstract["generator"]),
+        "discriminator": optim.create_optimizer(config.disc_optimizer,
+                                                num_steps=config.num_steps,
+                                                params=abstract["discriminator"])}
 
   def prepare(self, batch, mesh, extra=()):
     del mesh
     return stages.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
-  def init_state(self, rng) -> TrainState:
+  def _init_params(self, rng):
+    """(params, discriminator batch statistics) of a new run."""
     k_ae, k_sample, k_disc = jax.random.split(rng, 3)
     ae = nn.unbox(self.model.init({"params": k_ae, "sample": k_sample}, self._example)[
         "params"])
@@ -73,8 +78,12 @@ class AutoencoderStage:
     params = {"generator": {"autoencoder": ae,
                             "logvar": jnp.full((), self.loss.logvar_init, jnp.float32)},
               "discriminator": nn.unbox(disc["params"])}
+    return params, disc["batch_stats"]
+
+  def init_state(self, rng) -> TrainState:
+    params, batch_stats = self._init_params(rng)
     return TrainState.create(params=params, optimizers=self.optimizers, rng=rng,
-                             model_state={"discriminator": disc["batch_stats"]})
+                             model_state={"discriminator": batch_stats})
 
   # --- losses ------------------------------------------------------------------------------
   def _perceptual(self, consts, x, y):

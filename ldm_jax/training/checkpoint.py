@@ -66,8 +66,17 @@ STRUCTURAL_BLOCKS = ("stage", "autoencoder", "unet", "conditioner", "conditionin
                      "diffusion.learn_logvar", "diffusion.num_timesteps")
 
 
-# Fields whose value may change on resume, but not whether they are zero (an EMA or not).
-_PRESENCE_FIELDS = ("ema.decay",)
+# Optimiser fields that shape its state: adam and adamw chain different transforms, clipping
+# and accumulation wrap the state, and `frozen` splits it by its parameter labels.
+OPTIMIZER_FIELDS = ("optimizer.name", "optimizer.frozen", "disc_optimizer.name",
+                    "disc_optimizer.frozen")
+
+# Fields whose value may change on resume, but not which side of a threshold it is on (an
+# EMA or not, clipping or not, accumulation or not).
+_PRESENCE_FIELDS = {"ema.decay": bool, "optimizer.grad_clip_norm": bool,
+                    "disc_optimizer.grad_clip_norm": bool,
+                    "optimizer.accumulate_steps": lambda v: int(v or 1) > 1,
+                    "disc_optimizer.accumulate_steps": lambda v: int(v or 1) > 1}
 
 
 def _get(tree: dict, dotted: str):
@@ -75,7 +84,7 @@ def _get(tree: dict, dotted: str):
     if not isinstance(tree, dict):
       return None
     tree = tree.get(name)
-  return bool(tree) if dotted in _PRESENCE_FIELDS else tree
+  return _PRESENCE_FIELDS[dotted](tree) if dotted in _PRESENCE_FIELDS else tree
 
 
 def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.ConfigDict):
@@ -92,7 +101,7 @@ def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.Confi
   except Exception:  # pylint: disable=broad-except
     return  # An unreadable step: restore_latest reports it.
   current = json.loads(config.to_json_best_effort())
-  differing = [k for k in STRUCTURAL_BLOCKS + _PRESENCE_FIELDS
+  differing = [k for k in STRUCTURAL_BLOCKS + OPTIMIZER_FIELDS + tuple(_PRESENCE_FIELDS)
                if _get(saved, k) != _get(current, k)]
   if differing:
     raise ValueError(

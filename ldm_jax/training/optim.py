@@ -14,7 +14,6 @@ import re
 import jax
 import ml_collections
 import optax
-from flax import traverse_util
 
 
 def learning_rate_schedule(block: ml_collections.ConfigDict, num_steps: int):
@@ -33,12 +32,21 @@ def learning_rate_schedule(block: ml_collections.ConfigDict, num_steps: int):
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def parameter_path(path) -> str:
+  """A tree path as the '/'-joined names `frozen` patterns match: 'unet/down_blocks_0/...'.
+
+  Module names may hold '/' themselves, so labels are built on the tree's own paths, never
+  by splitting such a string back into a tree.
+  """
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
 def _frozen_labels(params, patterns):
   compiled = [re.compile(p) for p in patterns]
-  flat = traverse_util.flatten_dict(params, sep="/")
-  labels = {k: "frozen" if any(p.search(k) for p in compiled) else "trained" for k in flat}
-  return traverse_util.unflatten_dict(labels, sep="/"), sum(
-      v == "frozen" for v in labels.values())
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(p.search(parameter_path(path)) for p in compiled)
+      else "trained", params)
+  return labels, sum(label == "frozen" for label in jax.tree.leaves(labels))
 
 
 def create_optimizer(block: ml_collections.ConfigDict, *, num_steps: int,
@@ -63,7 +71,7 @@ def create_optimizer(block: ml_collections.ConfigDict, *, num_steps: int,
       raise ValueError("optimizer.frozen needs the parameter tree to resolve its patterns.")
     labels, count = _frozen_labels(params, frozen)
     if not count:
-      paths = list(traverse_util.flatten_dict(params, sep="/"))[:5]
+      paths = [parameter_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)][:5]
       raise ValueError(f"optimizer.frozen={list(frozen)} matches no parameter (paths look "
                        f"like {paths}).")
     opt = optax.multi_transform({"trained": opt, "frozen": optax.set_to_zero()}, labels)

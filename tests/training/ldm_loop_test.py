@@ -9,6 +9,7 @@ import pytest
 from configs import digits_ldm
 from ldm_jax.parallel import sharding
 from ldm_jax.training import loop
+from ldm_jax.training import optim
 from ldm_jax.training import stages
 
 
@@ -56,10 +57,24 @@ def test_sharded_ldm_step_equals_one_device():
 
 @pytest.mark.slow
 def test_ldm_resume_equals_straight_run_bitwise(data_dir, tmp_path):
+  """(With a frozen group: those parameters and their EMA stay bit-identical.)"""
   config = digits_ldm.get_config("tiny")
   config.data.data_dir = data_dir
   config.update(num_steps=4, checkpoint_every=2, eval_every=100)
+  frozen = ("unet/time_embedding/", "unet/down_blocks_0/resnets_0/")
+  config.optimizer.frozen = tuple(f"^{p}" for p in frozen)
   straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  initial = jax.jit(stages.create(config).init_state)(jax.random.key(config.seed))
+  for tree in ("params", "ema_params"):
+    moved = 0
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(jax.device_get(getattr(straight, tree))),
+        jax.tree.leaves(jax.device_get(getattr(initial, tree)))):
+      if optim.parameter_path(path).startswith(tuple(f"model/{p}" for p in frozen)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+      else:
+        moved += int(not np.array_equal(a, b))
+    assert moved > 0.9 * len(jax.tree.leaves(initial.params)), (tree, moved)
   config.num_steps = 2
   loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   config.num_steps = 4

@@ -84,8 +84,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_
   straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   _assert_trees_equal(_params(straight), _params(resumed))
   # Another model in the same workdir is refused by name; nothing is renamed.
-  config.autoencoder.z_channels = 4
+  z_channels, config.autoencoder.z_channels = config.autoencoder.z_channels, 4
   with pytest.raises(ValueError, match="holds a run of another model: autoencoder differ"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  # So is an optimiser whose state has another structure (clipping wraps Adam's state).
+  config.autoencoder.z_channels = z_channels
+  config.optimizer.grad_clip_norm = 1.0
+  config.disc_optimizer.frozen = ("^main_0/",)
+  with pytest.raises(ValueError, match="another model: disc_optimizer.frozen, "
+                     "optimizer.grad_clip_norm differ"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.unreadable", "6"]
 

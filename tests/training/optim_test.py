@@ -64,3 +64,41 @@ def test_bad_settings_are_named():
     optim.create_optimizer(common.optimizer_config(schedule="linear"), num_steps=1)
   with pytest.raises(ValueError, match="accumulate_steps=0"):
     optim.create_optimizer(common.optimizer_config(accumulate_steps=0), num_steps=1)
+
+
+def _frozen_updates(config, part, patterns):
+  """(paths, zero update?) for one optimiser step of the stage's real parameter tree with
+  `patterns` frozen; gradients of ones everywhere."""
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  block = config.optimizer
+  block.update(frozen=patterns, warmup_steps=0)  # Warm-up would make step 0 a no-op.
+  stage = stages.create(config)
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      stage.init_state, jax.random.key(0)).params[part])
+  opt = stage.optimizers[part]
+  updates, _ = jax.jit(opt.update)(jax.tree.map(jnp.ones_like, params), opt.init(params),
+                                   params)
+  return {optim.parameter_path(path): bool(jnp.all(u == 0))
+          for path, u in jax.tree_util.tree_leaves_with_path(updates)}
+
+
+@pytest.mark.parametrize("name,part,patterns,expected", [
+    # A UNet (module names hold '/': 'down_blocks_0/resnets_0') inside an LDM tree with a
+    # text encoder.
+    ("digits_ldm:tiny,cond=caption", "model", ("^unet/time_embedding/",
+                                               "^unet/down_blocks_0/resnets_0/", "^conditioner/"),
+     ("unet/time_embedding/", "unet/down_blocks_0/resnets_0/", "conditioner/")),
+    # The autoencoder's encoder half, generator side.
+    ("digits_autoencoder:tiny", "generator", ("^autoencoder/encoder/",),
+     ("autoencoder/encoder/",)),
+])
+def test_frozen_groups_on_real_parameter_trees(name, part, patterns, expected):
+  import importlib  # pylint: disable=import-outside-toplevel
+  module, _, arg = name.partition(":")
+  config = importlib.import_module(f"configs.{module}").get_config(arg)
+  zero = _frozen_updates(config, part, patterns)
+  frozen = {p for p, z in zero.items() if p.startswith(expected)}
+  assert frozen
+  assert all(zero[p] for p in frozen), [p for p in frozen if not zero[p]]
+  moved = set(zero) - frozen
+  assert moved and not any(zero[p] for p in moved), [p for p in moved if zero[p]]
