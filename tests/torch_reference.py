@@ -1,9 +1,15 @@
-"""Helpers for tests against PyTorch/diffusers: random weights, conversion, error measure."""
+"""Helpers for tests against PyTorch/diffusers: random weights, conversion, error measure,
+references run in float64."""
+
+import contextlib
 
 import jax
 import numpy as np
+import pytest
 
-torch = __import__("pytest").importorskip("torch")
+from tests import references  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+torch = references.require("torch")
 
 from ldm_jax.convert import compvis  # pylint: disable=g-import-not-at-top
 from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top
@@ -70,3 +76,26 @@ def compvis_autoencoder_state(block, theirs) -> dict:
       value = value[:, :, None, None]  # CompVis attention projections are 1x1 convs.
     state[compvis.AUTOENCODER_PREFIX + name] = value
   return state
+
+
+class _Float32IsFloat64:
+  """A module (torch, numpy) whose float32 is float64; every other name is the module's."""
+
+  def __init__(self, module):
+    self._module = module
+    self.float32 = module.float64
+
+  def __getattr__(self, name):
+    return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def float32_as_float64(module):
+  """Inside, `module` (a reference's module that casts to float32 itself: `torch.float32`,
+  `np.float32`) gets float64 wherever it names float32, so that its own code runs in float64:
+  float64 on both sides leaves only float64 rounding between a formula and ours."""
+  with pytest.MonkeyPatch.context() as patch:
+    for name, library in (("torch", torch), ("np", np)):
+      if getattr(module, name, None) is library:
+        patch.setattr(module, name, _Float32IsFloat64(library))
+    yield

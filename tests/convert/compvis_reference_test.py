@@ -16,10 +16,11 @@ from configs import architectures
 from ldm_jax.convert import compvis
 from ldm_jax.convert import load
 from ldm_jax.models import factory
+from tests import references
 from tests import torch_reference as ref
 
-openaimodel = pytest.importorskip("ldm.modules.diffusionmodules.openaimodel")
-vae_modules = pytest.importorskip("ldm.modules.diffusionmodules.model")
+openaimodel = references.require("ldm.modules.diffusionmodules.openaimodel")
+vae_modules = references.require("ldm.modules.diffusionmodules.model")
 torch = ref.torch
 from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
@@ -124,7 +125,7 @@ def test_autoencoder_with_level_attention_from_compvis_code(tmp_path):
 @pytest.mark.parity
 def test_text_encoder_from_ldm_bert_embedder(tmp_path):
   """LDM's tau_theta is an x-transformers TransformerWrapper (0.15 layout) over BERT ids."""
-  x_transformers = pytest.importorskip("x_transformers")
+  x_transformers = references.require("x_transformers")
   theirs = x_transformers.TransformerWrapper(
       num_tokens=100, max_seq_len=16,
       attn_layers=x_transformers.Encoder(dim=48, depth=2))

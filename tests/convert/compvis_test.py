@@ -14,10 +14,11 @@ from ldm_jax.convert import load
 from ldm_jax.convert import torch_weights
 from ldm_jax.models import factory
 from ldm_jax.convert import diffusers_configs
+from tests import references
 from tests import torch_reference as ref
 
-diffusers = pytest.importorskip("diffusers")
-single_file_utils = pytest.importorskip("diffusers.loaders.single_file_utils")
+diffusers = references.require("diffusers")
+single_file_utils = references.require("diffusers.loaders.single_file_utils")
 torch = ref.torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

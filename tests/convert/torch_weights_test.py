@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from tests import references
 from tests import torch_reference as ref
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = references.require("diffusers")
 
 from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top
 from ldm_jax.models.autoencoder import AutoencoderKL  # pylint: disable=g-import-not-at-top

@@ -5,7 +5,6 @@ resize, and, as a distribution, the reference's whole `degradation_bsrgan_varian
 import sys
 import types
 
-import cv2
 import numpy as np
 import pytest
 import scipy.interpolate
@@ -13,6 +12,9 @@ import scipy.ndimage
 import tensorflow as tf
 
 from ldm_jax.data import degradation
+from tests import references
+
+cv2 = references.require("cv2")
 
 _CV2 = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
 
@@ -45,10 +47,10 @@ def reference():
   for module, name, stand_in in removed:
     setattr(module, name, stand_in)
   try:
-    from ldm.modules.image_degradation import bsrgan
-    from ldm.modules.image_degradation import bsrgan_light
-    from ldm.modules.image_degradation import utils_image
-    yield types.SimpleNamespace(bsrgan=bsrgan, light=bsrgan_light, util=utils_image)
+    yield types.SimpleNamespace(
+        bsrgan=references.require("ldm.modules.image_degradation.bsrgan"),
+        light=references.require("ldm.modules.image_degradation.bsrgan_light"),
+        util=references.require("ldm.modules.image_degradation.utils_image"))
   finally:
     for name, module in saved.items():
       if module is None:

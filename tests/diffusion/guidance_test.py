@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ldm_jax.diffusion import guidance
+from tests import references
 
 
 def _model(x, t, context):
@@ -29,8 +30,8 @@ def test_cfg_combines_one_batched_call():
 
 @pytest.mark.parity
 def test_guidance_rescale_matches_diffusers():
-  torch = pytest.importorskip("torch")
-  pipeline = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+  torch = references.require("torch")
+  pipeline = references.require("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
   rng = np.random.default_rng(1)
   scales = np.array([3.0, 1.0], np.float32)[:, None, None, None, None]
   guided, conditional = rng.standard_normal((2, 2, 4, 8, 8)).astype(np.float32) * scales

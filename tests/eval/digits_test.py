@@ -10,14 +10,15 @@ import pytest
 
 from configs import digits_ldm
 from ldm_jax.eval import digits
+from tests import references
 
 
 def _pytorch_fid():
   """pytorch_fid.fid_score imported against stubs of torchvision and its Inception module
   (only calculate_frechet_distance is used; nothing is downloaded)."""
-  pytest.importorskip("torch")
+  references.require("torch")
   if importlib.util.find_spec("pytorch_fid") is None:
-    pytest.skip("pytorch-fid is not installed (the Makefile puts it in .venv/compvis-reference)")
+    references.missing("pytorch-fid (.venv/compvis-reference)", "not found")
   stubs = {"torchvision": types.ModuleType("torchvision"),
            "torchvision.transforms": types.ModuleType("torchvision.transforms"),
            "pytorch_fid.inception": types.ModuleType("pytorch_fid.inception")}

@@ -20,6 +20,7 @@ import pytest
 
 from ldm_jax.convert import torch_weights
 from ldm_jax.eval import lpips as lpips_jax
+from tests import references
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOLERANCE = 1e-5  # Distances: max |ours - theirs| / max |theirs|.
@@ -82,9 +83,9 @@ def _lpips_package(vgg):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """The package's LPIPS, its trunk and heads files, and our weights converted by the CLI."""
-  torch = pytest.importorskip("torch")
+  torch = references.require("torch")
   if importlib.util.find_spec("lpips") is None:
-    pytest.skip("the lpips package (.venv/compvis-reference) is not installed")
+    references.missing("the lpips package (.venv/compvis-reference)", "not found")
   vgg = _vgg16(torch, seed=0)
   with _lpips_package(vgg) as package:
     model = package.LPIPS(net="vgg", version="0.1", pretrained=True, verbose=False).eval()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from ldm_jax.eval import reconstruction
+from tests import references
 
-metrics = pytest.importorskip("skimage.metrics")
+metrics = references.require("skimage.metrics")
 
 TOLERANCE = 1e-4
 SSIM_SETTINGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,

@@ -11,9 +11,10 @@ import pytest
 from configs import architectures
 from ldm_jax.models import factory
 from ldm_jax.convert import diffusers_configs
+from tests import references
 
-diffusers = pytest.importorskip("diffusers")
-torch = pytest.importorskip("torch")
+diffusers = references.require("diffusers")
+torch = references.require("torch")
 
 
 def _ours(model, *args):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from ldm_jax.convert import diffusers_configs
+from tests import references
 from tests import torch_reference as ref
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = references.require("diffusers")
 torch = ref.torch
 
 from ldm_jax.models.autoencoder import AutoencoderKL  # pylint: disable=g-import-not-at-top
@@ -88,4 +89,6 @@ def test_vq_model_matches_diffusers(name):
   print(f"VQModel[{name}] relative errors: {errors}")
   assert max(errors.values()) <= TOLERANCE, errors
   roundtrip = ours.apply({"params": params}, quantized.indices, method=ours.decode_indices)
-  np.testing.assert_allclose(roundtrip, ours_decoded, rtol=0, atol=1e-5)
+  # Not bit for bit: the quantized latents are z + (z_q - z) (straight-through), a rounding
+  # away from the looked-up codes z_q, and decoded 1.9e-6 apart (relative) here.
+  assert ref.relative_error(roundtrip, ours_decoded) <= TOLERANCE

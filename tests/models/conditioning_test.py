@@ -6,6 +6,7 @@ import pytest
 
 from ldm_jax.models import conditioning
 from ldm_jax.models import tokenizer as tokenizer_lib
+from tests import references
 
 
 def test_byte_tokenizer_roundtrip_truncation_padding():
@@ -58,7 +59,7 @@ def test_text_encoder_shapes_and_token_sensitivity():
 
 
 def test_spatial_rescaler_matches_torch_interpolate():
-  torch = pytest.importorskip("torch")
+  torch = references.require("torch")
   x = np.random.default_rng(0).standard_normal((2, 16, 12, 5)).astype(np.float32)
   model = conditioning.SpatialRescaler(n_stages=2, out_channels=3)
   params = model.init(jax.random.key(0), x)

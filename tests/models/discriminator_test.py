@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import references
 from tests import torch_reference as ref
 
 torch = ref.torch
-taming_model = pytest.importorskip("taming.modules.discriminator.model")
+taming_model = references.require("taming.modules.discriminator.model")
 
 from ldm_jax.convert import taming  # pylint: disable=g-import-not-at-top
 from ldm_jax.convert import torch_weights  # pylint: disable=g-import-not-at-top

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from ldm_jax.convert import diffusers_configs
+from tests import references
 from tests import torch_reference as ref
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = references.require("diffusers")
 torch = ref.torch
 
 from ldm_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top

@@ -46,8 +46,13 @@ def test_remat_changes_nothing_but_memory(params):
   loss = lambda model: jax.jit(jax.grad(
       lambda p: jnp.mean(model.apply({"params": p}, x, t, context) ** 2)))(params)
   plain, remat = loss(UNet(**SMALL)), loss(UNet(**SMALL, remat=True))
+  # Recomputing reorders float32 rounding only, but small leaves carry the rounding of large
+  # ones: attention q/k kernels (gradients ~2e-4, through a softmax) differ by up to 1.4e-5 of
+  # their own scale, 1.3e-7 of the largest gradient (8e-9 at XLA's default optimisation
+  # level). So the absolute bound scales with the largest gradient.
+  largest = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(plain))
   for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * largest)
 
 
 def test_every_parameter_has_logical_axis_names():

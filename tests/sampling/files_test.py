@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ldm_jax.sampling import files
+from tests import references
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,8 +71,8 @@ def test_inpainting_from_png_files(tiny_run, tmp_path):
 
 
 def test_colab_notebook_runs_headless(tiny_run):
-  nbclient = pytest.importorskip("nbclient")
-  nbformat = pytest.importorskip("nbformat")
+  nbclient = references.require("nbclient")
+  nbformat = references.require("nbformat")
   notebook = nbformat.read(os.path.join(ROOT, "notebooks", "sample_colab.ipynb"),
                            as_version=4)
   env = {"LDM_JAX_CHECKPOINT": tiny_run("digits_ldm:tiny"), "LDM_JAX_NUM_SAMPLES": "10",

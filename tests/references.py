@@ -1,0 +1,39 @@
+"""Imports of what the tests compare against (torch, diffusers, the CompVis/taming/lpips code
+that `make install` puts in .venv/compvis-reference, OpenCV, ...).
+
+A missing reference skips its tests on a developer's machine, but fails them under CI
+(CI=true), where the parity they check must actually be shown.
+"""
+
+import importlib
+import os
+
+import pytest
+
+
+# The one reference no package registry carries: CompVis latent-diffusion's
+# `ldm.modules.losses` (LPIPSWithDiscriminator); stable-diffusion-sdkit ships Stability's
+# SD2 tree, which dropped it. Its tests skip, under CI too, saying so. They passed against
+# latent-diffusion a506df5 (its ldm/modules/losses put beside the installed `ldm`):
+# relative errors <= 8.3e-7 against the 1e-5 bound.
+NOT_IN_ANY_REGISTRY = ("ldm.modules.losses",)
+
+
+def missing(what: str, error: Exception | str) -> None:
+  """Skips (or, under CI, fails) the calling test or module: `what` is not available."""
+  if what.startswith(NOT_IN_ANY_REGISTRY):
+    pytest.skip(f"{what} is in no package registry (CompVis latent-diffusion only); put its "
+                f"ldm/modules/losses beside the installed `ldm` to run this",
+                allow_module_level=True)
+  message = f"{what} is not available ({error}); `make install` installs every reference"
+  if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+    pytest.fail(f"{message}. Under CI a missing reference is a failure.", pytrace=False)
+  pytest.skip(message, allow_module_level=True)
+
+
+def require(module: str):
+  """`module`, imported; see `missing` when it cannot be."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    missing(module, e)
