@@ -11,15 +11,13 @@ that `sample.py --checkpoint=DIR` samples; its latent scale factor is the config
 Diffusion), or the `scale_factor` a CompVis checkpoint stores.
 """
 
-import os
+import sys
 
-import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from ldm_jax.convert import export
-from ldm_jax.convert import files
 from ldm_jax.convert import load
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config with unet / autoencoder / "
@@ -36,39 +34,16 @@ def main(argv):
     raise app.UsageError("Give exactly one SRC: a .ckpt/.safetensors file or a diffusers "
                          "folder.")
   source, config = argv[1], _CONFIG.value
-  parts = {}
-  if config.get("stage") == "ldm":
-    config = _with_scale_factor(source, config)
-  if config.get("unet") is not None:
-    parts["unet"] = load.import_unet(source, config.unet, subfolder=_SUBFOLDER.value,
-                                     use_ema=_USE_EMA.value)
-  if config.get("autoencoder") is not None:
-    parts["autoencoder"] = load.import_autoencoder(source, config.autoencoder,
-                                                   subfolder=_SUBFOLDER.value)
-  if config.get("conditioner") is not None:
-    parts["conditioner"] = load.import_conditioner(source, config.conditioner)
-  if not parts:
-    raise app.UsageError("The config has no 'unet', 'autoencoder' or 'conditioner' block.")
+  if not any(config.get(k) is not None for k in load.PARTS):
+    raise app.UsageError(f"The config has none of the blocks {load.PARTS}.")
+  try:
+    export.check_new(_OUT.value)  # Before reading gigabytes.
+    parts, config = load.import_parts(source, config, subfolder=_SUBFOLDER.value,
+                                      use_ema=_USE_EMA.value)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    sys.exit(f"error: {e}")
   export.write(_OUT.value, parts, config)
   print(f"wrote {', '.join(parts)} to {_OUT.value}")
-
-
-def _with_scale_factor(source: str, config):
-  """The LDM config with first_stage.scale_factor from SRC's `scale_factor` entry when the
-  config leaves it unset; a config without either is refused (sampling would need it)."""
-  block = config.first_stage
-  if block.get("source") == "pixels" or block.get("scale_factor") is not None:
-    return config
-  stored = None
-  if os.path.isfile(source):
-    stored = files.read_file(source).get("scale_factor")
-  if stored is None:
-    raise app.UsageError(
-        f"{source} stores no scale_factor and the config's first_stage.scale_factor is "
-        f"unset: pass --config.first_stage.scale_factor=... (Stable Diffusion: 0.18215).")
-  config = config.copy_and_resolve_references()
-  config.first_stage.scale_factor = float(np.asarray(stored).reshape(()))
-  return config
 
 
 if __name__ == "__main__":

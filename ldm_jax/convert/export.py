@@ -11,12 +11,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 
-def write(directory: str, parts: dict[str, dict], config: ml_collections.ConfigDict) -> None:
-  """Writes `parts` (name -> params) and `config`; refuses to touch an existing directory."""
+def check_new(directory: str) -> str:
+  """The absolute path of `directory`, refused when it exists and holds anything."""
   directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
     raise FileExistsError(f"--out={directory} exists and is not empty; converted weights are "
                           f"never written over. Choose a new directory.")
+  return directory
+
+
+def write(directory: str, parts: dict[str, dict], config: ml_collections.ConfigDict) -> None:
+  """Writes `parts` (name -> params) and `config`; refuses to touch an existing directory."""
+  directory = check_new(directory)
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     for name, params in parts.items():

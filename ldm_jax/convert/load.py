@@ -8,8 +8,8 @@
 The naming is recognised from the keys. Returns our parameter tree, checked strictly.
 """
 
-import os
 import re
+from typing import Mapping
 
 from absl import logging
 import ml_collections
@@ -24,10 +24,9 @@ from ldm_jax.models import factory
 AUTOENCODER_TRAINING_KEYS = (r"^(first_stage_model\.)?loss\.",)
 
 
-def _read(source: str, subfolder: str | None) -> dict[str, np.ndarray]:
-  if os.path.isdir(source):
-    return files.read_folder(source, subfolder)[0]
-  return files.read_file(source)
+def _read(source: str, subfolder: str | None, state: Mapping[str, np.ndarray] | None):
+  """`state` when the caller read `source` already (one read for every part), else read."""
+  return dict(state) if state is not None else files.read(source, subfolder)
 
 
 # Attention names of diffusers folders saved before diffusers 0.14 -> today's names.
@@ -55,9 +54,11 @@ def _prefix_in(state: dict, prefix: str) -> str:
 
 
 def import_unet(source: str, block: ml_collections.ConfigDict, *,
-                subfolder: str | None = None, use_ema: bool = False) -> dict:
-  """Our UNet parameters from `source` (see the module docstring)."""
-  state = _read(source, subfolder)
+                subfolder: str | None = None, use_ema: bool = False,
+                state: Mapping[str, np.ndarray] | None = None) -> dict:
+  """Our UNet parameters from `source` (see the module docstring); `state`: its contents,
+  when already read (`files.read`)."""
+  state = _read(source, subfolder, state)
   target = factory.param_shapes(factory.build_unet(block), factory.unet_example_inputs(block))
   if not _is_compvis(state, ("input_blocks.", "middle_block.")):
     if use_ema:
@@ -81,9 +82,10 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
 
 
 def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
-                       subfolder: str | None = None) -> dict:
-  """Our autoencoder (KL or VQ) parameters from `source`."""
-  state = _read(source, subfolder)
+                       subfolder: str | None = None,
+                       state: Mapping[str, np.ndarray] | None = None) -> dict:
+  """Our autoencoder (KL or VQ) parameters from `source` (or its contents `state`)."""
+  state = _read(source, subfolder, state)
   target = factory.param_shapes(factory.build_autoencoder(block),
                                 factory.autoencoder_example_inputs(block))
   dropped = [k for k in state if any(re.search(p, k) for p in AUTOENCODER_TRAINING_KEYS)]
@@ -104,7 +106,8 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
 TEXT_ENCODER_UNUSED_KEYS = (r"\.to_logits\.",)
 
 
-def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
+def import_conditioner(source: str, block: ml_collections.ConfigDict, *,
+                       state: Mapping[str, np.ndarray] | None = None) -> dict:
   """A CompVis `cond_stage_model.*` conditioner as ours.
 
   `type='class'`: ClassEmbedder (`embedding.weight`). `type='text'`: LDM's BERTEmbedder
@@ -112,7 +115,7 @@ def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
   so give the matching `vocab.txt` to `load_tokenizer`. CLIP text encoders are not ours and
   are not imported.
   """
-  state = _read(source, None)
+  state = _read(source, None, state)
   prefix = _prefix_in(state, compvis.CONDITIONER_PREFIX)
   target = factory.param_shapes(factory.build_conditioner(block),
                                 factory.conditioner_example_inputs(block))
@@ -127,3 +130,42 @@ def import_conditioner(source: str, block: ml_collections.ConfigDict) -> dict:
   renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target),
                                       compvis.text_encoder_name, prefix)
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
+
+
+PARTS = ("unet", "autoencoder", "conditioner")
+
+
+def import_parts(source: str, config: ml_collections.ConfigDict, *,
+                 subfolder: str | None = None, use_ema: bool = False):
+  """({part: params} for each of PARTS that `config` has a block for, config), reading
+  `source` once (a Stable Diffusion file is several GB and every part comes from it).
+
+  For an LDM config (`stage='ldm'`) whose first_stage.scale_factor is unset, the returned
+  config takes the `scale_factor` a CompVis checkpoint stores; with neither it is refused
+  (sampling needs it).
+  """
+  state = files.read(source, subfolder)
+  if config.get("stage") == "ldm":
+    config = _with_scale_factor(source, state, config)
+  parts = {}
+  if config.get("unet") is not None:
+    parts["unet"] = import_unet(source, config.unet, use_ema=use_ema, state=state)
+  if config.get("autoencoder") is not None:
+    parts["autoencoder"] = import_autoencoder(source, config.autoencoder, state=state)
+  if config.get("conditioner") is not None:
+    parts["conditioner"] = import_conditioner(source, config.conditioner, state=state)
+  return parts, config
+
+
+def _with_scale_factor(source: str, state, config):
+  block = config.first_stage
+  if block.get("source") == "pixels" or block.get("scale_factor") is not None:
+    return config
+  stored = state.get("scale_factor")
+  if stored is None:
+    raise ValueError(
+        f"{source} stores no scale_factor and the config's first_stage.scale_factor is "
+        f"unset: pass --config.first_stage.scale_factor=... (Stable Diffusion: 0.18215).")
+  config = config.copy_and_resolve_references()
+  config.first_stage.scale_factor = float(np.asarray(stored).reshape(()))
+  return config

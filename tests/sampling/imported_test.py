@@ -14,16 +14,20 @@ import pytest
 from configs import ldm_cin256
 from ldm_jax.convert import compvis
 from ldm_jax.convert import diffusers_configs
+from ldm_jax.convert import export
+from ldm_jax.convert import files
+from ldm_jax.convert import load
 from ldm_jax.sampling import sampler as sampler_lib
+from tests import references
 from tests import torch_reference as ref
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = references.require("diffusers")
 torch = ref.torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = [pytest.mark.slow, pytest.mark.parity]
 
 
-def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path):
+def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path, monkeypatch):
   config = ldm_cin256.get_config("tiny")  # Class tokens through cross-attention, KL f=2.
   unet_block, vae_block = config.unet, config.autoencoder
   unet = diffusers.UNet2DConditionModel(
@@ -50,6 +54,16 @@ def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path):
                          "--config=configs/ldm_cin256.py:tiny", f"--out={out}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
+  # The CLI's import path reads the file once for all three parts and its scale factor.
+  reads = []
+  read_file = files.read_file
+  monkeypatch.setattr(files, "read_file", lambda path: reads.append(path) or read_file(path))
+  parts, resolved = load.import_parts(str(checkpoint), ldm_cin256.get_config("tiny"))
+  assert reads == [str(checkpoint)] and sorted(parts) == ["autoencoder", "conditioner", "unet"]
+  assert resolved.first_stage.scale_factor == pytest.approx(scale)
+  for name, params in parts.items():
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(export.read(str(out), name))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   model = sampler_lib.load(checkpoint=str(out))
   assert model.stage.first_stage.scale_factor == pytest.approx(scale)  # From the file.
