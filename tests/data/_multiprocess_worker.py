@@ -7,9 +7,11 @@ import json
 import os
 import sys
 
+from tests import subprocesses
+
 
 def main(process_id: int, port: str, data_dir: str, out_dir: str) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  subprocesses.set_device_count(4)
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests import subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -20,8 +22,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_read_disjoint_halves_of_one_global_batch(tmp_path):
   port, data_dir = str(_free_port()), str(tmp_path / "tfds")
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  env.pop("XLA_FLAGS", None)
+  env = subprocesses.environment()
   workers = [subprocess.Popen(
       [sys.executable, "-m", "tests.data._multiprocess_worker", str(i), port, data_dir,
        str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

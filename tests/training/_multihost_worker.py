@@ -3,13 +3,14 @@
 `python -m tests.training._multihost_worker train ID PORT DATA_DIR WORKDIR`: one of two JAX
 processes (2 CPU devices each, gloo) training the tiny digits autoencoder; process 0 writes
 the final parameters to WORKDIR/params.npz.
-`python -m tests.training._multihost_worker reference DATA_DIR WORKDIR`: one process with 4
-devices runs the same steps on the same global batches (each process's stream rebuilt with
-create_dataset(process_index=p, process_count=2)) and writes WORKDIR/reference.npz.
+`reference(DATA_DIR, devices)`, called in the test's own process: the same steps in one
+process on 4 devices.
 """
 
 import os
 import sys
+
+from tests import subprocesses
 
 STEPS = 3
 
@@ -28,34 +29,36 @@ def _config(data_dir):
   return config
 
 
-def _save(params, path):
+def _flat(params) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  flat = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0))
+  return {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0))
           for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  np.savez(path, **flat)
 
 
 def train(process_id: int, port: str, data_dir: str, workdir: str) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  subprocesses.set_device_count(2)
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
   from ldm_jax.training import loop  # pylint: disable=import-outside-toplevel
   state, _ = loop.train_and_evaluate(_config(data_dir), workdir)
   if jax.process_index() == 0:
-    _save(state.params, os.path.join(workdir, "params.npz"))
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    np.savez(os.path.join(workdir, "params.npz"), **_flat(state.params))
 
 
-def reference(data_dir: str, workdir: str) -> None:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+def reference(data_dir: str, devices) -> dict:
+  """{parameter path: value} after the same steps in one process on `devices` (4), on the same
+  global batches (each process's stream rebuilt with create_dataset(process_index=p,
+  process_count=2))."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ldm_jax.data import pipeline, sources  # pylint: disable=import-outside-toplevel
   from ldm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
   from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
   config = _config(data_dir)
-  mesh = sharding.create_mesh(config.mesh)
+  mesh = sharding.create_mesh(config.mesh, devices)
   stage = stages.create(config)
   shardings = sharding.tree_shardings(jax.eval_shape(stage.init_state,
                                                      jax.random.key(config.seed)), mesh)
@@ -70,11 +73,8 @@ def reference(data_dir: str, workdir: str) -> None:
     parts = [next(s)["image"] for s in streams]
     batch = jax.device_put({"image": np.concatenate(parts)}, sharding.batch_sharding(mesh))
     state, _ = step(state, batch, {})
-  _save(state.params, os.path.join(workdir, "reference.npz"))
+  return _flat(state.params)
 
 
 if __name__ == "__main__":
-  if sys.argv[1] == "train":
-    train(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
-  else:
-    reference(sys.argv[2], sys.argv[3])
+  train(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])

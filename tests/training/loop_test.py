@@ -11,6 +11,7 @@ import pytest
 from ldm_jax.training import checkpoint
 from ldm_jax.training import loop
 from ldm_jax.training import stages
+from tests.training import runs
 
 
 def _config(name, data_dir, **overrides):
@@ -50,39 +51,26 @@ def test_train_and_evaluate_runs_all_terms(name, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_straight_run_bitwise(data_dir, tmp_path):
-  config = _config("autoencoder_kl_f4", data_dir, num_steps=6, checkpoint_every=3,
-                   eval_every=100, **{"loss.disc_start": 2})
-  straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.num_steps = 3
-  loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-  config.num_steps = 6
-  resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert int(resumed.step) == 6
-  _assert_trees_equal(_params(straight), _params(resumed))
-  _assert_trees_equal(jax.device_get(straight.opt_state), jax.device_get(resumed.opt_state))
-
-
-
-@pytest.mark.slow
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
-  config = _config("autoencoder_kl_f4", data_dir, num_steps=4, checkpoint_every=2,
-                   eval_every=100, **{"loss.disc_start": 2})
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
+    straight_autoencoder_run, data_dir, tmp_path):
+  """(Resuming from step 2 ends bit-identical to the straight run; the preemption tests
+  resume from every other window.)"""
+  _, final = straight_autoencoder_run
+  config = runs.autoencoder_config(data_dir, num_steps=4)
   loop.train_and_evaluate(config, str(tmp_path / "run"))  # Saves steps 2 and 4.
   state_dir = tmp_path / "run" / "checkpoints" / "4" / "state"
   for root, _, files in os.walk(state_dir):
     for f in files:
       with open(os.path.join(root, f), "wb") as handle:
         handle.write(b"garbage")
-  config.num_steps = 6
+  config.num_steps = runs.STEPS
   with _log_capture() as log:
     resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert "Checkpoint step 4" in log.text and "cannot be restored" in log.text
   assert "trying step 2" in log.text
   # The unreadable step is kept aside, never deleted.
   assert (tmp_path / "run" / "checkpoints" / "4.unreadable").is_dir()
-  straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"))
-  _assert_trees_equal(_params(straight), _params(resumed))
+  runs.assert_same_state(final, resumed)
   # Another model in the same workdir is refused by name; nothing is renamed.
   z_channels, config.autoencoder.z_channels = config.autoencoder.z_channels, 4
   with pytest.raises(ValueError, match="holds a run of another model: autoencoder differ"):
@@ -94,7 +82,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_
   with pytest.raises(ValueError, match="another model: disc_optimizer.frozen, "
                      "optimizer.grad_clip_norm differ"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
-  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.unreadable", "6"]
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4", "4.unreadable",
+                                                                  "6"]
 
 
 class _log_capture:
@@ -124,8 +113,7 @@ class _log_capture:
 @pytest.mark.slow
 def test_nonfinite_guard_skip_and_stop(data_dir, tmp_path):
   # A NaN log-variance makes every loss and gradient NaN from the first step.
-  config = _config("autoencoder_kl_f4", data_dir, num_steps=3, eval_every=100,
-                   checkpoint_every=2, **{"loss.logvar_init": float("nan")})
+  config = runs.autoencoder_config(data_dir, num_steps=3, **{"loss.logvar_init": float("nan")})
   state, _ = loop.train_and_evaluate(config, str(tmp_path / "skip"))
   assert int(state.step) == 3 and int(state.skipped) == 3
   initial = jax.jit(stages.create(config).init_state)(jax.random.key(config.seed))

@@ -5,8 +5,12 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+
+from tests import subprocesses
+from tests.training import _multihost_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,25 +29,24 @@ def _run(args, env, **kw):
 
 @pytest.mark.slow
 def test_two_process_training_matches_one_process(data_dir, tmp_path):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  env.pop("XLA_FLAGS", None)
+  env = subprocesses.environment()
   port, workdir = str(_free_port()), str(tmp_path / "run")
   workers = [_run(["train", str(i), port, data_dir, workdir], env) for i in range(2)]
-  logs = [w.communicate(timeout=900)[0] for w in workers]
+  try:
+    # Meanwhile, here: one process, 4 of its devices, the same global batches.
+    ref = _multihost_worker.reference(data_dir, jax.devices()[:4])
+  finally:
+    logs = [w.communicate(timeout=900)[0] for w in workers]
   for worker, log in zip(workers, logs):
     assert worker.returncode == 0, log[-4000:]
   # One checkpoint, with each process's input position saved beside the shared state.
-  step_dir = os.path.join(workdir, "checkpoints", "3")
+  step_dir = os.path.join(workdir, "checkpoints", str(_multihost_worker.STEPS))
   assert sorted(f for f in os.listdir(os.path.join(step_dir, "data"))
                 if f.endswith(".json")) == ["process_0_of_2.json", "process_1_of_2.json"]
-  reference = _run(["reference", data_dir, workdir], env)
-  log = reference.communicate(timeout=900)[0]
-  assert reference.returncode == 0, log[-4000:]
   ours = np.load(os.path.join(workdir, "params.npz"))
-  ref = np.load(os.path.join(workdir, "reference.npz"))
-  assert sorted(ours.files) == sorted(ref.files)
-  largest = max(float(np.abs(ref[k]).max()) for k in ref.files)
-  diff = max(float(np.abs(ours[k] - ref[k]).max()) for k in ref.files)
-  print(f"2 processes x 2 devices vs 1 process x 4 devices, {3} steps: max |difference| / "
-        f"max |parameter| = {diff / largest:.2e}")
+  assert sorted(ours.files) == sorted(ref)
+  largest = max(float(np.abs(ref[k]).max()) for k in ref)
+  diff = max(float(np.abs(ours[k] - ref[k]).max()) for k in ref)
+  print(f"2 processes x 2 devices vs 1 process x 4 devices, {_multihost_worker.STEPS} steps: "
+        f"max |difference| / max |parameter| = {diff / largest:.2e}")
   assert diff / largest <= 1e-5
