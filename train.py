@@ -5,7 +5,12 @@ Rerunning the same command resumes from the newest checkpoint in DIR. Multi-host
 --num_processes and --process_id).
 """
 
-import jax
+# First: a SIGTERM from here on stops the run cleanly (exit 0, the step reached saved).
+from ldm_jax.training import preemption  # pylint: disable=g-bad-import-order
+
+preemption.install_for_process()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

@@ -6,7 +6,6 @@ the sharded state, jit, checkpoints, preemption, metrics and evaluation.
 
 import json
 import os
-import signal
 import time
 
 import jax
@@ -17,11 +16,11 @@ from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
-from jax.experimental import multihost_utils
 
 from ldm_jax.data import pipeline
 from ldm_jax.parallel import sharding
 from ldm_jax.training import checkpoint
+from ldm_jax.training import preemption as preemption_lib
 from ldm_jax.training import stages
 
 NONFINITE_MODES = ("skip", "stop")
@@ -29,29 +28,6 @@ NONFINITE_MODES = ("skip", "stop")
 
 class NonFiniteError(FloatingPointError):
   pass
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls; every process agrees before acting."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping.")
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    if step % 10:
-      return False
-    flags = multihost_utils.process_allgather(np.int32(self.requested))
-    return bool(np.any(flags))
-
-  def close(self):
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -67,14 +43,18 @@ def _nonfinite_names(metrics) -> list[str]:
 
 
 def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
-             max_batches=None):
-  """Averages the stage's per-example eval metrics over the whole eval split."""
+             max_batches=None, abandon=None):
+  """Averages the stage's per-example eval metrics over the whole eval split; None when
+  `abandon()` turned true on the way (nothing is written then)."""
   iterator = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=False)
   totals, count, first_batch = {}, 0.0, None
   max_batches = max_batches or config.get("eval_batches")
   for i, batch in enumerate(iterator):
     if max_batches and i >= max_batches:
       break
+    if abandon is not None and abandon():
+      logging.warning("Evaluation at step %s abandoned after %d batches.", step, i)
+      return None
     batch = stage.prepare(batch, mesh, ("mask",))
     first_batch = first_batch or batch
     sums = jax.device_get(eval_step(state, batch))
@@ -90,9 +70,35 @@ def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
   return results
 
 
+def _compile_train_step(train_step, state, batch, consts):
+  """The train step compiled once for these shardings (a seam the preemption tests use)."""
+  return train_step.lower(state, batch, consts).compile()
+
+
+def _stop_now(preemption) -> bool:
+  """Whether to stop here (collective with several processes: all call it at one point)."""
+  return preemption.agreed()
+
+
+def _stop_after(preemption, step: int) -> bool:
+  """Polled after every step; several processes agree every 10 steps (a collective)."""
+  if jax.process_count() == 1:
+    return preemption.requested
+  return step % 10 == 0 and preemption.agreed()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains `config.stage` in `workdir`, resuming from its latest checkpoint; returns the
-  final state and the last eval metrics."""
+  final state and the last eval metrics.
+
+  SIGTERM at any point stops the run cleanly (see preemption.py): the step reached is saved
+  (or, before the first step, the last good checkpoint kept) and this returns normally.
+  """
+  with preemption_lib.installed() as preemption:
+    return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config, workdir, preemption):
   _check_config(config)
   workdir = os.path.abspath(workdir)
   mesh = sharding.create_mesh(config.mesh)
@@ -100,49 +106,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   train_iter = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=True)
-
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(stage.init_state, rng)
   state_shardings = sharding.tree_shardings(abstract, mesh)
   manager = checkpoint.create_manager(workdir, config)
-  checkpoint.check_resumable(manager, config)
-  state, restored_step = checkpoint.restore_latest(
-      manager, checkpoint.abstract_with_shardings(abstract, state_shardings), train_iter)
-  if state is None:
-    state = jax.jit(stage.init_state, out_shardings=state_shardings)(rng)
-    logging.info("Initialised a new %s run in %s.", config.stage, workdir)
-  else:
-    logging.info("Resumed from step %d in %s.", restored_step, workdir)
-  if jax.process_index() == 0:
-    parameter_overview.log_parameter_overview(state.params)
-    writer.write_hparams({k: v for k, v in _flat(config).items()
-                          if isinstance(v, (int, float, str, bool))})
-
-  batch_sharding = sharding.batch_sharding(mesh)
-  metric_sharding = sharding.replicated(mesh)
-  consts = jax.device_put(stage.constants, metric_sharding)
-  train_step = jax.jit(stage.train_step,
-                       in_shardings=(state_shardings, batch_sharding, metric_sharding),
-                       out_shardings=(state_shardings, metric_sharding), donate_argnums=0)
-  jitted_eval = jax.jit(stage.eval_step,
-                        in_shardings=(state_shardings, batch_sharding, metric_sharding),
-                        out_shardings=metric_sharding)
-  eval_step = lambda state, batch: jitted_eval(state, batch, consts)
-
-  step = int(jax.device_get(state.step))
-  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)]
-  preemption = _Preemption()
-  compiled = None
-  eval_metrics = {}
+  state, eval_metrics = None, {}
   try:
+    checkpoint.check_resumable(manager, config)
+    state, restored_step = checkpoint.restore_latest(
+        manager, checkpoint.abstract_with_shardings(abstract, state_shardings), train_iter)
+    if _stop_now(preemption):
+      logging.warning("Stopped before training after SIGTERM (%s); rerun the same command to "
+                      "go on.", "nothing was saved yet" if state is None else
+                      f"checkpoint step {restored_step} is kept")
+      return state, eval_metrics
+    if state is None:
+      state = jax.jit(stage.init_state, out_shardings=state_shardings)(rng)
+      logging.info("Initialised a new %s run in %s.", config.stage, workdir)
+    else:
+      logging.info("Resumed from step %d in %s.", restored_step, workdir)
+    if jax.process_index() == 0:
+      parameter_overview.log_parameter_overview(state.params)
+      writer.write_hparams({k: v for k, v in _flat(config).items()
+                            if isinstance(v, (int, float, str, bool))})
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    metric_sharding = sharding.replicated(mesh)
+    consts = jax.device_put(stage.constants, metric_sharding)
+    train_step = jax.jit(stage.train_step,
+                         in_shardings=(state_shardings, batch_sharding, metric_sharding),
+                         out_shardings=(state_shardings, metric_sharding), donate_argnums=0)
+    jitted_eval = jax.jit(stage.eval_step,
+                          in_shardings=(state_shardings, batch_sharding, metric_sharding),
+                          out_shardings=metric_sharding)
+    eval_step = lambda state, batch: jitted_eval(state, batch, consts)
+    # Only one process may abandon an evaluation: the others' batches must match.
+    abandon = (lambda: preemption.requested) if jax.process_count() == 1 else None
+
+    step = int(jax.device_get(state.step))
+    hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)]
+    compiled = None
     while step < config.num_steps:
       batch = stage.prepare(next(train_iter), mesh)
       if compiled is None:
         start = time.perf_counter()
-        compiled = train_step.lower(state, batch, consts).compile()
+        compiled = _compile_train_step(train_step, state, batch, consts)
         seconds = time.perf_counter() - start
         logging.info("Compiled the train step in %.1f s.", seconds)
         writer.write_scalars(step, {"compile_seconds": seconds})
+        if _stop_now(preemption):
+          logging.warning("Stopped after compiling, at step %d, after SIGTERM; its checkpoint "
+                          "(if any) is kept. Rerun the same command to go on.", step)
+          break
       state, metrics = compiled(state, batch, consts)
       step += 1
       if config.get("nonfinite", "skip") == "stop" and not bool(metrics["finite"]):
@@ -157,17 +172,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         writer.write_scalars(step, jax.device_get(
             {**metrics, "skipped_updates": state.skipped}))
       if step % config.eval_every == 0 or step == config.num_steps:
-        eval_metrics = evaluate(stage, state, config, mesh, eval_step, writer=writer,
-                                step=step)
-        logging.info("Step %d eval: %s", step, eval_metrics)
-      stopping = preemption.should_stop(step)
+        results = evaluate(stage, state, config, mesh, eval_step, writer=writer, step=step,
+                           abandon=abandon)
+        if results is not None:
+          eval_metrics = results
+          logging.info("Step %d eval: %s", step, eval_metrics)
+      stopping = _stop_after(preemption, step)
       if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
         checkpoint.save(manager, step, state, train_iter, config, force=True)
       if stopping:
-        logging.warning("Stopped at step %d after SIGTERM; rerun the same command to go on.",
-                        step)
+        logging.warning("Stopped at step %d after SIGTERM (saved); rerun the same command to "
+                        "go on.", step)
         break
-    if step >= config.num_steps:
+    if step >= config.num_steps and not _stop_now(preemption):
       results = stage.finalize(state, config, mesh)
       if results and jax.process_index() == 0:
         with open(os.path.join(workdir, f"{config.stage}_final.json"), "w") as f:
@@ -176,7 +193,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   finally:
     manager.wait_until_finished()
     manager.close()
-    preemption.close()
     writer.flush()
   return state, eval_metrics
 
