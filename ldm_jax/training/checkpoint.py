@@ -43,7 +43,19 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: DataIterator
 
 
+def _use_replica_parallel_only_across_hosts():
+  """Orbax's replica-parallel save writes a replicated array in slices, one per replica,
+  with a small compiled slicing program per array shape. Across hosts that spreads the
+  writing; within one process it writes the same bytes after compiling hundreds of
+  programs (a tiny LDM's first save: 10.6 s instead of 0.3 s on 2 CPU cores; 800 small
+  arrays: 49 s vs 1.7 s). Off for one process, Orbax's default across several."""
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=jax.process_count() > 1), override=True)
+
+
 def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  _use_replica_parallel_only_across_hosts()
   block = config.checkpoint
   options = ocp.CheckpointManagerOptions(
       max_to_keep=block.get("max_to_keep"), keep_period=block.get("keep_period"),

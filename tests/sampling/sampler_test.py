@@ -70,7 +70,8 @@ def test_bad_inputs_are_refused_before_compiling(class_model, tmp_path):
     sampler_lib.load(checkpoint=str(tmp_path))
 
 
-def test_unconditional_text_and_paired_image(tiny_run):
+# One model per test: the first test to ask for a shared tiny run trains it.
+def test_unconditional(tiny_run):
   none = sampler_lib.load(tiny_run("digits_ldm:tiny,cond=none"))
   assert none.sample(3).images.shape == (3, 16, 16, 1)
   _refused(none, "class_label was given, but the model is conditioned by 'none'",
@@ -80,12 +81,16 @@ def test_unconditional_text_and_paired_image(tiny_run):
   _refused(none, "guidance_scale=2.0: classifier-free guidance needs a conditional model",
            guidance_scale=2.0)
 
+
+def test_text(tiny_run):
   text = sampler_lib.load(tiny_run("digits_ldm:tiny,cond=caption"))
   result = text.sample(4, prompt=["a handwritten digit one", "a handwritten digit two"])
   assert result.images.shape == (4, 16, 16, 1) and result.columns == 2
   assert result.conditions[1:3] == ["a handwritten digit one", "a handwritten digit two"]
   _refused(text, "The model is text-conditional: give a prompt")
 
+
+def test_paired_image(tiny_run):
   paired = sampler_lib.load(tiny_run("ldm_paired:tiny"))
   ink = np.random.default_rng(0).integers(0, 3, (2, 16, 16, 1)).astype(np.uint8)
   assert paired.sample(cond_image=ink).conditions == [0, 1]  # One per image by default.
@@ -96,7 +101,7 @@ def test_unconditional_text_and_paired_image(tiny_run):
            cond_image=np.zeros((16, 16, 3), np.uint8))
 
 
-def test_super_resolution_inpainting_and_semantic(tiny_run):
+def test_super_resolution(tiny_run):
   rng = np.random.default_rng(0)
   sr = sampler_lib.load(tiny_run("ldm_sr:tiny"))
   low = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
@@ -105,6 +110,9 @@ def test_super_resolution_inpainting_and_semantic(tiny_run):
   _refused(sr, "must be a multiple of", cond_image=low[:7, :7])
   _refused(sr, "expected a square image", cond_image=low[:, :6])
 
+
+def test_inpainting(tiny_run):
+  rng = np.random.default_rng(1)
   inpaint = sampler_lib.load(tiny_run("ldm_inpainting:tiny"))
   image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
   mask = np.zeros((16, 16), bool)
@@ -118,6 +126,9 @@ def test_super_resolution_inpainting_and_semantic(tiny_run):
            mask=mask[:, :12])
   _refused(inpaint, "The model inpaints: give mask", image=image)
 
+
+def test_semantic_map(tiny_run):
+  rng = np.random.default_rng(2)
   semantic = sampler_lib.load(tiny_run("ldm_semantic:tiny"))
   labels = rng.integers(0, 3, (16, 16))
   assert semantic.sample(1, semantic_map=labels).images.shape == (1, 16, 16, 1)
