@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
@@ -224,13 +225,15 @@ class AutoencoderStage:
     pairs = np.stack([x, np.clip(recon, -1, 1)], axis=1).reshape((-1,) + x.shape[1:])
     return {"reconstructions": visualize.make_grid(pairs, columns=4)[None]}
 
-  def finalize(self, state: TrainState, config, mesh):
-    """The latent scale_factor = 1 / std of the latents over the training split."""
-    return latent_statistics(self, state.params["generator"]["autoencoder"], config, mesh)
+  def finalize(self, state: TrainState, config, mesh, abandon=None):
+    """The latent scale_factor = 1 / std of the latents over the training split (None when
+    `abandon()` turned true on the way)."""
+    return latent_statistics(self, state.params["generator"]["autoencoder"], config, mesh,
+                             abandon=abandon)
 
 
 def latent_statistics(stage: AutoencoderStage, ae_params, config, mesh,
-                      max_batches: int | None = None) -> dict:
+                      max_batches: int | None = None, abandon=None) -> dict | None:
   """Mean, std and scale_factor (1 / std) of the latents the LDM stage will see: posterior
   samples for KL models (as CompVis' get_first_stage_encoding), pre-quantisation latents
   for VQ (as its VQModelInterface), over the train split without augmentation."""
@@ -254,6 +257,9 @@ def latent_statistics(stage: AutoencoderStage, ae_params, config, mesh,
   for i, batch in enumerate(iterator):
     if max_batches and i >= max_batches:
       break
+    if abandon is not None and abandon():
+      logging.warning("Latent statistics abandoned after %d batches.", i)
+      return None
     a, b, c = jax.device_get(moments(batch["image"], batch["mask"], jax.random.fold_in(key, i)))
     s1, s2, n = s1 + float(a), s2 + float(b), n + float(c)
   mean = s1 / n

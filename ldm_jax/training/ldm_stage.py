@@ -289,7 +289,7 @@ class LdmStage:
   def image_grids(self, state: TrainState, batch):
     return {"samples": self.sample_grid(state, batch)[None]}
 
-  def finalize(self, state: TrainState, config, mesh):
+  def finalize(self, state: TrainState, config, mesh, abandon=None):
     """Nothing beyond the loop's last evaluation and sample grid."""
-    del state, config, mesh
+    del state, config, mesh, abandon
     return {}

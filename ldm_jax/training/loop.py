@@ -184,9 +184,15 @@ def _train_and_evaluate(config, workdir, preemption):
         logging.warning("Stopped at step %d after SIGTERM (saved); rerun the same command to "
                         "go on.", step)
         break
-    if step >= config.num_steps and not _stop_now(preemption):
-      results = stage.finalize(state, config, mesh)
-      if results and jax.process_index() == 0:
+    if step >= config.num_steps:
+      # Final results (the autoencoder's scale_factor over the train split) are skipped or
+      # abandoned after a SIGTERM; the saved last step computes them when rerun.
+      results = None if _stop_now(preemption) else stage.finalize(state, config, mesh,
+                                                                   abandon=abandon)
+      if results is None:
+        logging.warning("Stopped before the final results after SIGTERM; step %d is saved. "
+                        "Rerun the same command to compute them.", step)
+      elif results and jax.process_index() == 0:
         with open(os.path.join(workdir, f"{config.stage}_final.json"), "w") as f:
           json.dump({"step": step, **results}, f, indent=1)
         logging.info("Final results: %s", results)

@@ -6,7 +6,8 @@
 WINDOW: 'imports' (before jax is imported), 'restore' (while a checkpoint is read),
 'compile' (from another thread while XLA compiles the train step), 'step' (while step 3
 runs), 'save' (twice, while the asynchronous save of step 2 is written), 'eval' (as the
-evaluation of step 2 starts). Prints 'SIGTERM SENT <window>' when it sent the signal.
+evaluation of step 2 starts), 'final' (as the final latent statistics of the finished run
+start). Prints 'SIGTERM SENT <window>' when it sent the signal.
 """
 
 import os
@@ -76,6 +77,15 @@ def _arm(window: str) -> None:
       _terminate(window)
       return evaluate(*args, **kwargs)
     loop.evaluate = evaluate_after_signal
+
+  if window == "final":
+    from ldm_jax.training import autoencoder_stage  # pylint: disable=import-outside-toplevel
+    statistics = autoencoder_stage.latent_statistics
+
+    def statistics_after_signal(*args, **kwargs):
+      _terminate(window)
+      return statistics(*args, **kwargs)
+    autoencoder_stage.latent_statistics = statistics_after_signal
 
 
 def main(window: str, workdir: str, data_dir: str) -> None:

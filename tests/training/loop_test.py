@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -55,15 +56,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     straight_autoencoder_run, data_dir, tmp_path):
   """(Resuming from step 2 ends bit-identical to the straight run; the preemption tests
   resume from every other window.)"""
-  _, final = straight_autoencoder_run
-  config = runs.autoencoder_config(data_dir, num_steps=4)
-  loop.train_and_evaluate(config, str(tmp_path / "run"))  # Saves steps 2 and 4.
+  straight, final = straight_autoencoder_run
+  for step in ("2", "4"):  # The straight run's first two checkpoints.
+    shutil.copytree(os.path.join(straight, "checkpoints", step),
+                    tmp_path / "run" / "checkpoints" / step)
+  config = runs.autoencoder_config(data_dir)
   state_dir = tmp_path / "run" / "checkpoints" / "4" / "state"
   for root, _, files in os.walk(state_dir):
     for f in files:
       with open(os.path.join(root, f), "wb") as handle:
         handle.write(b"garbage")
-  config.num_steps = runs.STEPS
   with _log_capture() as log:
     resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert "Checkpoint step 4" in log.text and "cannot be restored" in log.text

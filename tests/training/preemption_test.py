@@ -1,6 +1,7 @@
 """SIGTERM in each window of a run (imports, restore, compile, a step, an asynchronous save
-hit twice, an evaluation): train.py exits 0, the workdir holds the step reached (or the last
-good checkpoint), and rerunning it ends bit-identical to a run never interrupted."""
+hit twice, an evaluation, the final statistics): train.py exits 0, the workdir holds the step
+reached (or the last good checkpoint), and rerunning it ends bit-identical to a run never
+interrupted."""
 
 import os
 import shutil
@@ -22,6 +23,7 @@ WINDOWS = {
     "step": [2, 3],  # Step 3 saved although 3 is not a checkpoint step.
     "save": [2, 3],  # Two signals during the save of 2: 2 finished, then 3 saved.
     "eval": [2],  # Evaluation of step 2 abandoned, step 2 saved.
+    "final": [2, 4, 6],  # The final latent statistics abandoned: computed on the rerun.
 }
 
 
@@ -54,6 +56,10 @@ def test_sigterm_saves_and_resumes_exactly(window, straight_autoencoder_run, dat
     assert "SIGTERM again (2)" in log
   if window == "eval":
     assert "Evaluation at step 2 abandoned" in log
+  final_json = os.path.join(workdir, "autoencoder_final.json")
+  if window == "final":
+    assert "Latent statistics abandoned" in log and "Stopped before the final results" in log
+    assert not os.path.exists(final_json)
   assert _steps(workdir) == WINDOWS[window], log[-4000:]
   if os.path.isdir(os.path.join(workdir, "checkpoints")):  # No half-written step left.
     assert all(f.isdigit() for f in os.listdir(os.path.join(workdir, "checkpoints")))
@@ -61,3 +67,4 @@ def test_sigterm_saves_and_resumes_exactly(window, straight_autoencoder_run, dat
   resumed, _ = loop.train_and_evaluate(runs.autoencoder_config(data_dir), workdir)
   assert int(resumed.step) == runs.STEPS
   runs.assert_same_state(final, resumed)
+  assert os.path.exists(final_json)
