@@ -172,9 +172,18 @@ def shrink_autoencoder_stage(config: ml_collections.ConfigDict) -> None:
 def diffusion_config(**overrides) -> ml_collections.ConfigDict:
   """The `diffusion` block: noise schedule, prediction target and loss (CompVis defaults)."""
   config = ml_collections.ConfigDict(dict(
-      schedule="sqrt_linear",  # 'linear' (DDPM), 'sqrt_linear' (CompVis/SD), 'cosine'.
-      num_timesteps=1000, linear_start=0.0015, linear_end=0.0195,
+      # Discrete: 'linear' (DDPM), 'sqrt_linear' (CompVis/SD), 'stable_diffusion', 'cosine';
+      # continuous time: 'logsnr_cosine', 'logsnr_shifted_cosine' and
+      # 'logsnr_interpolated_cosine' (simple diffusion). See diffusion/schedule_config.py.
+      schedule="sqrt_linear",
+      num_timesteps=1000,  # Discrete steps (for continuous schedules: the samplers' grid).
+      linear_start=0.0015, linear_end=0.0195,
       zero_terminal_snr=False,  # Lin et al. rescale (use with prediction='v').
+      logsnr_min=-15.0, logsnr_max=15.0,  # Continuous: the cosine logSNR's truncation.
+      shift_base=64,  # Shifted cosine: logSNR + 2 log(shift_base / size).
+      shift_size=config_dict.placeholder(int),  # None: the latent (or pixel) side.
+      interpolate_sizes=(32, 256),  # Interpolated cosine: the shifts at t = 1 and t = 0.
+      time_input="t",  # Continuous: the network sees 't' (t * num_timesteps) or 'logsnr'.
       prediction="eps",  # 'eps', 'x0' or 'v'.
       weighting="uniform",  # 'uniform', 'min_snr' or 'eps' (see diffusion/losses.py).
       min_snr_gamma=5.0,

@@ -8,6 +8,9 @@ Variants (`:a,b=value`):
   class_input=embedding|context   class through a label embedding added to the time embedding
                             (default) or a class token for cross-attention (LDM cin256);
   ae=DIR                    the autoencoder run's workdir (default out/quickstart/autoencoder);
+  schedule=NAME             the noise schedule (default sqrt_linear, CompVis'; e.g.
+                            logsnr_shifted_cosine: simple diffusion's, continuous time,
+                            trained with prediction='v');
   tiny                      a random tiny autoencoder and UNet, a few steps (tests).
 """
 
@@ -35,7 +38,7 @@ def data():
 
 def get_config(arg=None):
   variant = common.parse_arg(arg, tiny=False, cond="class", class_input="embedding",
-                             ae="out/quickstart/autoencoder")
+                             ae="out/quickstart/autoencoder", schedule="sqrt_linear")
   if variant.cond not in CONDITIONS:
     raise ValueError(f"configs/digits_ldm.py:cond={variant.cond!r}: expected one of "
                      f"{CONDITIONS}.")
@@ -71,6 +74,9 @@ def get_config(arg=None):
   config.first_stage.path = variant.ae
   # Measured on the quickstart (2 CPU cores, 1,500 steps): min-SNR weighting and lr 1e-3.
   config.diffusion.weighting = "min_snr"
+  config.diffusion.schedule = variant.schedule
+  if variant.schedule.startswith("logsnr_"):
+    config.diffusion.prediction = "v"
   config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
   config.ema.decay = 0.999
   config.num_steps = 1_500

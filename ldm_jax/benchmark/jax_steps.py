@@ -25,12 +25,14 @@ import numpy as np
 import optax
 
 from ldm_jax.diffusion import process
+from ldm_jax.diffusion import schedule_config
 from ldm_jax.ldm import first_stage as first_stage_lib
-from ldm_jax.ldm import generate
+from ldm_jax.ldm import model as model_lib
 from ldm_jax.models import factory
 from ldm_jax.models.distributions import DiagonalGaussian
 from ldm_jax.parallel import sharding
 from ldm_jax.training import stages
+from ldm_jax.training import state as state_lib
 
 EMA_DECAY = 0.9999
 
@@ -98,7 +100,7 @@ def unet_inputs(config, batch: int, seed: int = 0) -> dict:
 
 def unet_step(config, mesh) -> Program:
   unet = factory.build_unet(config.unet)
-  schedule = generate.schedule_from_config(config.diffusion)
+  schedule = schedule_config.from_config(config.diffusion).discrete
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
   batch = _put(unet_inputs(config, int(config.benchmark.batch_size)), mesh)
   example = factory.unet_example_inputs(config.unet)
@@ -126,8 +128,7 @@ def unet_step(config, mesh) -> Program:
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt = optimizer.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    ema = jax.tree.map(lambda e, p: e + (1.0 - EMA_DECAY) * (p.astype(jnp.float32) - e),
-                       state["ema"], params)
+    ema = state_lib.update_ema(state["ema"], params, EMA_DECAY)
     return {"params": params, "opt": opt, "ema": ema}, loss
 
   return _training_program(init, step, mesh, batch, jax.random.key(1),
@@ -150,26 +151,25 @@ def ldm_step(config, mesh) -> Program:
 
 
 def sampling(config, mesh) -> Program:
-  """DDIM from noise to decoded images with random weights (guidance: benchmark's scale)."""
-  fs, fs_params = first_stage_lib.load(config)
-  unet = factory.build_unet(config.unet)
-  schedule = generate.schedule_from_config(config.diffusion)
+  """DDIM from noise to decoded images with random weights (guidance: benchmark's scale),
+  the network's conditions given (as from a frozen text encoder)."""
+  model = model_lib.LatentDiffusion(config)
   b = int(config.benchmark.batch_size)
   inputs = unet_inputs(config, b, seed=2)
-  params, _ = _init_sharded(
-      lambda rng: nn.unbox(unet.init(rng, *factory.unet_example_inputs(config.unet))["params"]),
-      mesh, jax.random.key(0))
+  params, _ = _init_sharded(lambda rng: {"unet": model.init_params(rng)["unet"]}, mesh,
+                            jax.random.key(0))
   replicated = sharding.replicated(mesh)
-  fs_params = jax.device_put(fs_params, replicated)
+  fs_params = jax.device_put(model.first_stage_params, replicated)
   scale = float(config.benchmark.guidance_scale)
 
   def draw(params, fs_params, cond, key):
     uncond = None if scale == 1.0 else jax.tree.map(jnp.zeros_like, cond)
-    latents = generate.sample_latents(
-        unet, params, schedule, cond, uncond, key, inputs["latents"].shape,
-        prediction=config.diffusion.prediction, sampler="ddim",
-        steps=int(config.benchmark.sampling_steps), guidance_scale=scale)
-    return jnp.clip(fs.decode(fs_params, latents), -1.0, 1.0)
+    k_noise, k_sample = jax.random.split(key)
+    noise = jax.random.normal(k_noise, inputs["latents"].shape, jnp.float32)
+    latents = model.sample_latents(params, cond, uncond, noise, key=k_sample, sampler="ddim",
+                                   steps=int(config.benchmark.sampling_steps),
+                                   guidance_scale=scale)
+    return model.decode(fs_params, latents)
 
   cond = {k: v for k, v in {"concat": inputs.get("concat"), "context": inputs.get("context"),
                             "y": inputs.get("label")}.items() if v is not None}

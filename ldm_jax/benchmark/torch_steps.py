@@ -14,7 +14,7 @@ import numpy as np
 
 from ldm_jax.benchmark import jax_steps
 from ldm_jax.convert import diffusers_configs
-from ldm_jax.ldm import generate
+from ldm_jax.diffusion import schedule_config
 
 COMPARABLE = ("unet_step", "vae_step")
 
@@ -66,7 +66,7 @@ def unet_step(config, platform: str) -> TorchStep:
   params = [p for p in model.parameters()]
   optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
   ema = [p.detach().clone().float() for p in params]
-  schedule = generate.schedule_from_config(config.diffusion)
+  schedule = schedule_config.from_config(config.diffusion).discrete
   alphas = torch.tensor(np.asarray(schedule.alphas_cumprod), dtype=torch.float32,
                         device=device)
   inputs = {k: _nchw(torch, v, device) for k, v in

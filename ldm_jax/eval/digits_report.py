@@ -9,6 +9,7 @@ prints its test accuracy, the accuracy of the samples and Fréchet distances; th
 also go to `<out>.json`.
 """
 
+import functools
 import json
 import os
 import time
@@ -52,24 +53,34 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(images), np.concatenate(labels)
 
 
-def draw(stage, params, labels: np.ndarray, key, chunk: int = 250) -> np.ndarray:
-  """Samples for `labels` (class-, caption- or un-conditional, as the run was trained)."""
-  sample = stage.sample_images_fn()
+def draw(model, params, labels: np.ndarray, key, sampling, chunk: int = 250) -> np.ndarray:
+  """Samples for `labels` (class-, caption- or un-conditional, as the run was trained),
+  drawn with `sampling` (the run's config.sampling block, overridden by the flags)."""
+  mode = model.cond.type
+  if mode not in ("class", "text", "none"):
+    raise ValueError(f"conditioning.type={mode!r}: the digits report needs a class-, "
+                     f"caption- or un-conditional run.")
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def sample(params, fs_params, fields, count, key):
+    k_noise, k_sample = jax.random.split(key)
+    return model.sample(params, fs_params, fields, noise=model.noise(k_noise, count),
+                        key=k_sample, sampler=sampling.sampler, steps=int(sampling.steps),
+                        eta=float(sampling.eta),
+                        guidance_scale=float(sampling.guidance_scale))
+
   out = []
   for i in range(0, len(labels), chunk):
     part = labels[i:i + chunk]
-    if stage.cond.type == "class":
-      conditions = {"label": part.astype(np.int32)}
-    elif stage.cond.type == "text":
-      captions = [digits_builder.caption_for(int(l)) for l in part]
-      conditions = {"tokens": stage.cond.tokenize(captions)}
-    elif stage.cond.type == "none":
-      conditions = {}
+    if mode == "class":
+      fields = {"label": part.astype(np.int32)}
+    elif mode == "text":
+      fields = {"tokens": model.cond.tokenize(
+          [digits_builder.caption_for(int(l)) for l in part])}
     else:
-      raise ValueError(f"conditioning.type={stage.cond.type!r}: the digits report needs a "
-                       f"class-, caption- or un-conditional run.")
-    out.append(np.asarray(sample(params, stage.constants.get("first_stage"), conditions,
-                                 jax.random.fold_in(key, i), len(part))))
+      fields = {}
+    out.append(np.asarray(sample(params, model.first_stage_params, fields, len(part),
+                                 jax.random.fold_in(key, i))))
   return np.concatenate(out)
 
 
@@ -79,7 +90,7 @@ def main(argv):
   overrides = {"sampling.steps": _STEPS.value, "sampling.sampler": _SAMPLER.value}
   if _GUIDANCE.value is not None:
     overrides["sampling.guidance_scale"] = _GUIDANCE.value
-  stage, params, config, step = run.load_run(_WORKDIR.value, overrides=overrides)
+  model, params, config, step = run.load_run(_WORKDIR.value, overrides=overrides)
   if config.data.name != "digits":
     raise app.UsageError(f"{_WORKDIR.value} trained on {config.data.name!r}, not digits.")
   train_images, train_labels = load_split(config.data, config.data.train_split)
@@ -87,13 +98,13 @@ def main(argv):
   classifier = digits.train_classifier(train_images, train_labels, test_images, test_labels,
                                        seed=_SEED.value)
   labels = np.repeat(np.arange(10, dtype=np.int32), _PER_CLASS.value)
-  samples = draw(stage, params, labels, jax.random.key(_SEED.value))
+  samples = draw(model, params, labels, jax.random.key(_SEED.value), config.sampling)
   shown = samples.reshape((10, _PER_CLASS.value) + samples.shape[1:])[:, :10]
   grid = visualize.make_grid(shown.reshape((-1,) + samples.shape[1:]), columns=shown.shape[1])
   visualize.save_png(grid, _OUT.value, scale=4)
   results = digits.report(classifier, samples, labels, train_images, test_images,
                           seed=_SEED.value)
-  if stage.cond.type == "none":
+  if model.cond.type == "none":
     results.pop("sample_accuracy")
   results.update(step=step, sampler=config.sampling.sampler, steps=config.sampling.steps,
                  guidance_scale=config.sampling.guidance_scale,

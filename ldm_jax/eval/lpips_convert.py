@@ -6,13 +6,13 @@
 --vgg is torchvision's ImageNet VGG16 state dict (the file `torchvision.models.vgg16(
 pretrained=True)` caches, as the lpips package loads it), or a state dict with the lpips
 package's `net.sliceK.N.*` trunk keys; --heads is the lpips package's linear heads. Read it
-back with `ldm_jax.eval.lpips.load_params`.
+back with `ldm_jax.metrics.lpips.load_params`.
 """
 
 from absl import app
 from absl import flags
 
-from ldm_jax.eval import lpips
+from ldm_jax.metrics import lpips
 
 _VGG = flags.DEFINE_string("vgg", None, "torchvision VGG16 state dict (features.N.*).")
 _HEADS = flags.DEFINE_string("heads", None, "The lpips package's weights/v0.1/vgg.pth.")

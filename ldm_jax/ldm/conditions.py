@@ -180,20 +180,31 @@ class Conditioning:
       return jnp.ones((batch_size,), jnp.float32)
     return (jax.random.uniform(key, (batch_size,)) >= self.dropout).astype(jnp.float32)
 
+  def fields(self, batch, key) -> dict:
+    """The explicit condition fields (those `inputs_from` takes) of a training batch:
+    `label` / `tokens`; the low-resolution input (the pipeline's degraded image, or the image
+    itself); random box masks drawn from `key` and the image (inpainting); the map or the
+    paired image under `conditioning.key`."""
+    if self.type == "class":
+      return {"label": batch["label"]}
+    if self.type == "text":
+      return {"tokens": batch["tokens"]}
+    if self.type == "low_res":
+      return {"low_res": batch[self.key] if self.key else batch["image"]}
+    if self.type == "inpainting":
+      image = batch["image"]
+      return {"mask": box_masks(key, image.shape[0], image.shape[1]), "image": image}
+    if self.type in ("semantic", "image"):
+      return {self.key: batch[self.key]}
+    return {}
+
   def concat(self, fs_params, batch, keep, key):
     """The concatenated conditioning [B, h, w, C] at latent size from a training batch, or
     None; inpainting draws its random box masks from `key`."""
     if self.type not in CONCAT_TYPES:
       return None
-    image = batch["image"].astype(jnp.float32)
-    side = image.shape[1] // self.first_stage.downsample
-    if self.type == "low_res":
-      fields = {"low_res": batch[self.key] if self.key else image}
-    elif self.type == "inpainting":
-      fields = {"mask": box_masks(key, image.shape[0], image.shape[1]), "image": image}
-    else:
-      fields = {self.key: batch[self.key]}
-    return self.concat_from(fs_params, fields, keep, side)
+    side = batch["image"].shape[1] // self.first_stage.downsample
+    return self.concat_from(fs_params, self.fields(batch, key), keep, side)
 
   def concat_from(self, fs_params, fields, keep, side: int):
     """The concatenation [B, side, side, C] from its explicit inputs (what sampling gets
@@ -247,10 +258,6 @@ class Conditioning:
                          jnp.asarray(self.null_tokens)[None])
       return self.module.apply({"params": params}, tokens).astype(jnp.float32), None
     return None, None
-
-  def inputs(self, params, fs_params, batch, keep, key):
-    context, y = self.context_and_labels(params, batch, keep)
-    return {"concat": self.concat(fs_params, batch, keep, key), "context": context, "y": y}
 
   def inputs_from(self, params, fs_params, fields, keep, side: int):
     """`inputs` from explicit condition fields (`label`, `tokens`, or those of

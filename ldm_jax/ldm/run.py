@@ -1,4 +1,8 @@
-"""A trained LDM run, read back from its workdir for sampling: stage, parameters, config."""
+"""A trained LDM run, read back from its workdir for sampling: model, parameters, config.
+
+Only the parameters sampling uses are read (the EMA ones, or the trained ones): not the
+optimiser's moments, which are twice their size.
+"""
 
 import os
 
@@ -7,22 +11,24 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ldm_jax.ldm import model as model_lib
+
 
 def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
              overrides: dict | None = None):
-  """(LdmStage, sampling params, config, step) of the newest (or given) checkpoint.
+  """(LatentDiffusion, sampling params, config, step) of the newest (or given) checkpoint.
 
   The config is the one saved with the checkpoint; `overrides` ({'sampling.steps': 50, ...})
   change fields that do not alter the parameters. EMA parameters are used when the run kept
   them and `use_ema`.
   """
-  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
   directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{workdir!r} has no checkpoints/ folder: expected the --workdir "
                             f"of an LDM training run.")
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as manager:
+      read_only=True), item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if not steps:
       raise FileNotFoundError(f"No checkpoint in {directory}.")
@@ -36,13 +42,15 @@ def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
       raise ValueError(f"{workdir!r} holds a {config.get('stage')!r} run, not an LDM run.")
     for key, value in (overrides or {}).items():
       _set(config, key, value)
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore())).state
-  stage = stages.create(config)
-  tree = state["ema_params"] if use_ema and state.get("ema_params") is not None else (
-      state["params"])
-  params = jax.tree.map(np.asarray, tree["model"])
-  return stage, params, config, step
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    part = "ema_params" if use_ema and saved.get("ema_params") is not None else "params"
+    wanted = {part: {"model": saved[part]["model"]}}
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted),
+        restore_args=jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
+        partial_restore=True))).state
+  return model_lib.LatentDiffusion(config), state[part]["model"], config, step
 
 
 def _set(config, dotted: str, value) -> None:

@@ -125,7 +125,7 @@ def _choices(options: list, num_samples, default=None):
 
 
 def _check_side(sampler, image_side: int, name: str) -> int:
-  down = sampler.stage.first_stage.downsample
+  down = sampler.model.first_stage.downsample
   multiple = 2 ** (len(sampler.config.unet.channel_mult) - 1)
   if image_side % (down * multiple):
     raise ValueError(f"{name}: the output would be {image_side} px, which must be a multiple "
@@ -184,7 +184,7 @@ def build(sampler, given: Given, num_samples) -> Conditions:
   elif mode == "low_res":
     images = _images(value, name, sampler.input_channels)
     factor = int(sampler.config.data.degradation_factor) if cond.key else (
-        sampler.stage.first_stage.downsample)
+        sampler.model.first_stage.downsample)
     side = _check_side(sampler, images.shape[1] * factor, f"{name} ({images.shape[1]} px x "
                        f"{factor})")
     fields = {"low_res": images}

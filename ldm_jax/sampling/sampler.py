@@ -34,7 +34,7 @@ from ldm_jax import visualize
 from ldm_jax.convert import export
 from ldm_jax.diffusion import samplers
 from ldm_jax.ldm import first_stage as first_stage_lib
-from ldm_jax.ldm import generate
+from ldm_jax.ldm import model as model_lib
 from ldm_jax.ldm import run
 from ldm_jax.sampling import inputs as inputs_lib
 
@@ -79,14 +79,13 @@ def load(workdir: str | None = None, *, checkpoint: str | None = None, step: int
           f"directory written by `python -m ldm_jax.convert` (with config.json).")
   if config is not None:
     raise ValueError("config= is for converted directories; a run's workdir has its own.")
-  stage, params, saved, step = run.load_run(workdir, step=step, use_ema=use_ema)
+  model, params, saved, step = run.load_run(workdir, step=step, use_ema=use_ema)
   source = f"{os.path.abspath(workdir)} step {step}" + (
       " (EMA)" if use_ema and saved.get("ema") and saved.ema.decay else "")
-  return Sampler(stage, params, saved, step=step, source=source, devices=devices)
+  return Sampler(model, params, saved, step=step, source=source, devices=devices)
 
 
 def _load_export(directory: str, config, devices):
-  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
   config = config or export.read_config(directory)
   if config.get("stage") != "ldm":
     raise ValueError(
@@ -99,36 +98,36 @@ def _load_export(directory: str, config, devices):
   elif config.first_stage.source != "pixels":
     raise FileNotFoundError(f"{directory} has no autoencoder/ weights and its config's "
                             f"first_stage.source is {config.first_stage.source!r}.")
-  stage = stages.create(config)
-  expected = jax.eval_shape(stage._init_params, jax.random.key(0))  # pylint: disable=protected-access
+  model = model_lib.LatentDiffusion(config)
+  expected = model.param_shapes()
   params = {}
   for part in ("unet", "conditioner"):
     if part not in expected:
       continue
     params[part] = export.read(directory, part)
     first_stage_lib.check_shapes(expected[part], params[part], directory, part)
-  return Sampler(stage, params, config, step=None, source=directory, devices=devices)
+  return Sampler(model, params, config, step=None, source=directory, devices=devices)
 
 
 class Sampler:
   """Draws images from one model; compiled functions are kept per settings and shapes."""
 
-  def __init__(self, stage, params, config, *, step, source: str, devices=None):
-    self.stage, self.config, self.step, self.source = stage, config, step, source
-    self.cond = stage.cond
+  def __init__(self, model, params, config, *, step, source: str, devices=None):
+    self.model, self.config, self.step, self.source = model, config, step, source
+    self.cond = model.cond
     devices = jax.local_devices() if devices is None else list(devices)
     self.mesh = Mesh(np.asarray(devices), ("batch",))
     replicated = NamedSharding(self.mesh, P())
     self._batch_sharding = NamedSharding(self.mesh, P("batch"))
     self._params = jax.device_put(params, replicated)
-    fs = stage.constants.get("first_stage")
+    fs = model.first_stage_params
     self._fs_params = None if fs is None else jax.device_put(fs, replicated)
     self._compiled = {}
     self._progress = None
-    side = stage.latent_shape[0]
+    side = model.latent_shape[0]
     self.image_channels = jax.eval_shape(
-        lambda z: stage.first_stage.decode(fs, z),
-        jax.ShapeDtypeStruct((1, side, side, stage.first_stage.channels), jnp.float32)
+        lambda z: model.decode(fs, z),
+        jax.ShapeDtypeStruct((1, side, side, model.first_stage.channels), jnp.float32)
     ).shape[-1]
 
   @property
@@ -167,7 +166,7 @@ class Sampler:
     scale = float(guidance_scale)
     if sampler not in samplers.SAMPLERS:
       raise ValueError(f"sampler={sampler!r}: expected one of {samplers.SAMPLERS}.")
-    total = self.stage.num_timesteps
+    total = self.model.num_timesteps
     if not 1 <= steps <= total:
       raise ValueError(f"steps={steps}: expected 1 .. {total} (the model's timesteps).")
     if eta < 0 or (eta and sampler != "ddim"):
@@ -224,7 +223,7 @@ class Sampler:
       hole = cond.fields["mask"]
       images = hole * images + (1.0 - hole) * cond.fields["image"]
     settings.update(mode=self.mode, num_samples=count, seed=int(seed), batch_size=batch_size,
-                    num_devices=self.num_devices, image_size=cond.side * self.stage.first_stage
+                    num_devices=self.num_devices, image_size=cond.side * self.model.first_stage
                     .downsample, checkpoint=self.source, step=self.step,
                     paste_known=bool(paste_known) if self.mode == "inpainting" else None)
     return Samples(visualize.to_uint8(images), cond.per_sample, cond.columns, settings)
@@ -253,21 +252,13 @@ class Sampler:
 
   def _draw(self, params, fs_params, fields, index, seed, batch_index, *, settings, side,
             progress):
-    keep = jnp.ones(index.shape, jnp.float32)
-    cparams = params.get("conditioner")
-    cond = self.cond.inputs_from(cparams, fs_params, fields, keep, side)
-    scale = settings["guidance_scale"]
-    uncond = None if scale == 1.0 else self.cond.inputs_from(cparams, fs_params, fields,
-                                                             0.0 * keep, side)
     root = jax.random.key(seed)
-    shape = (side, side, self.stage.first_stage.channels)
-    x_T = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(root, i), shape))(index)
+    noise = jax.vmap(lambda i: self.model.noise(jax.random.fold_in(root, i), 1, side)[0])(
+        index)
     key = jax.random.fold_in(jax.random.fold_in(root, _NOISE_STREAM), batch_index)
-    latents = generate.sample_latents(
-        self.stage.unet, params["unet"], self.stage.schedule, cond, uncond, key, x_T.shape,
-        prediction=self.stage.diffusion.prediction, sampler=settings["sampler"],
-        steps=settings["steps"], eta=settings["eta"], guidance_scale=scale,
-        guidance_rescale=settings["guidance_rescale"], x_T=x_T,
+    return self.model.sample(
+        params, fs_params, fields, noise=noise, key=key, sampler=settings["sampler"],
+        steps=settings["steps"], eta=settings["eta"],
+        guidance_scale=settings["guidance_scale"],
+        guidance_rescale=settings["guidance_rescale"],
         on_call=self._tick if progress else None)
-    return jnp.clip(self.stage.first_stage.decode(fs_params, latents), -1.0, 1.0)
-

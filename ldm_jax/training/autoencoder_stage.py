@@ -22,13 +22,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
-from ldm_jax.eval import reconstruction
+from ldm_jax.data import fields as fields_lib
+from ldm_jax.metrics import reconstruction
 from ldm_jax.models import factory
 from ldm_jax.models.discriminator import NLayerDiscriminator
 from ldm_jax.nn import layers
 from ldm_jax.training import autoencoder_loss as L
 from ldm_jax.training import optim
-from ldm_jax.training import stages
 from ldm_jax.training import state as state_lib
 from ldm_jax.training.state import TrainState
 
@@ -67,7 +67,7 @@ class AutoencoderStage:
 
   def prepare(self, batch, mesh, extra=()):
     del mesh
-    return stages.select(batch, self.batch_keys + tuple(extra))
+    return fields_lib.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
   def _init_params(self, rng):
@@ -88,7 +88,7 @@ class AutoencoderStage:
 
   # --- losses ------------------------------------------------------------------------------
   def _perceptual(self, consts, x, y):
-    from ldm_jax.eval import lpips  # pylint: disable=import-outside-toplevel
+    from ldm_jax.metrics import lpips  # pylint: disable=import-outside-toplevel
     return lpips.distance(consts["lpips"], x, y)
 
   def _forward(self, ae_params, x, key):
@@ -279,5 +279,5 @@ def _constants(loss: ml_collections.ConfigDict) -> dict:
         "--heads=<lpips package weights/v0.1/vgg.pth> --out=<file>`, or set "
         "loss.perceptual_weight=0 to train without the perceptual term. A randomly "
         "initialised VGG is never used as a perceptual loss.")
-  from ldm_jax.eval import lpips  # pylint: disable=import-outside-toplevel
+  from ldm_jax.metrics import lpips  # pylint: disable=import-outside-toplevel
   return {"lpips": lpips.load_params(loss.lpips_weights)}

@@ -1,18 +1,15 @@
-"""Stage two: latent diffusion on the latents of a frozen first stage (CompVis LatentDiffusion).
+"""Stage two: training a latent diffusion model (ldm_jax/ldm/model.py) on a frozen first stage.
 
-Trained parameters: `params['model'] = {'unet', 'conditioner' (class/text embedders,
-trained jointly), 'logvar' (when diffusion.learn_logvar)}`, one optimiser. The frozen
-autoencoder's parameters are a jit *argument* (`consts['first_stage']`), so they are never in
-the optimiser, never donated and never checkpointed with the run.
-
-One step: x -> z0 = scale_factor * E(x) (a posterior sample) -> t ~ U{0..T-1}, eps ~ N(0, I)
--> z_t -> UNet(z_t [+ concat], t, context, y) -> `diffusion.losses` (eps / x0 / v target,
-weighting, CompVis' logvar and VLB terms) -> optax update -> EMA (float32, CompVis LitEma
-warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update).
+The model gives the objective, sampling and parameter layout; this stage adds what training
+needs around it: one optimiser over `params['model'] = {'unet', 'conditioner' (class/text
+embedders, trained jointly), 'logvar' (when diffusion.learn_logvar)}`, the EMA (float32,
+CompVis LitEma warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update), the
+non-finite guard, metrics and sample grids. The frozen autoencoder's parameters are a jit
+*argument* (`consts['first_stage']`), so they are never in the optimiser, never donated and
+never checkpointed with the run.
 """
 
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,14 +18,10 @@ import optax
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
-from ldm_jax.diffusion import losses
-from ldm_jax.diffusion import process
+from ldm_jax.data import fields as fields_lib
 from ldm_jax.ldm import conditions
-from ldm_jax.ldm import first_stage as first_stage_lib
-from ldm_jax.ldm import generate
-from ldm_jax.models import factory
+from ldm_jax.ldm import model as model_lib
 from ldm_jax.training import optim
-from ldm_jax.training import stages
 from ldm_jax.training import state as state_lib
 from ldm_jax.training.state import TrainState
 
@@ -46,42 +39,16 @@ class LdmStage:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.diffusion = config.diffusion
-    self.first_stage, fs_params = first_stage_lib.load(config)
-    self.cond = conditions.Conditioning(config, self.first_stage)
-    self.schedule = generate.schedule_from_config(config.diffusion)
-    self.num_timesteps = self.schedule.num_timesteps
-    if self.diffusion.prediction not in process.PREDICTIONS:
-      raise ValueError(f"diffusion.prediction={self.diffusion.prediction!r}: expected one "
-                       f"of {process.PREDICTIONS}.")
-    if self.diffusion.weighting not in losses.WEIGHTINGS:
-      raise ValueError(f"diffusion.weighting={self.diffusion.weighting!r}: expected one of "
-                       f"{losses.WEIGHTINGS}.")
-    self.vlb_table = None
-    if self.diffusion.elbo_weight:
-      if self.diffusion.weighting != "uniform":
-        raise ValueError("diffusion.elbo_weight > 0 adds CompVis' VLB term to the uniform "
-                         "loss; set diffusion.weighting='uniform'.")
-      self.vlb_table = losses.vlb_weights(self.schedule.alphas_cumprod,
-                                          self.diffusion.prediction)
-    self.unet = factory.build_unet(config.unet)
-    self.train_unet = factory.build_unet(config.unet, deterministic=not config.unet.dropout)
-    self.latent_shape = self.first_stage.latent_shape(config.data.image_size)
-    self.cached = bool(config.data.get("latent_key"))
-    if self.cached:  # Encodings stored by ldm_jax/ldm/latent_cache.py.
-      from ldm_jax.ldm import latent_cache  # pylint: disable=import-outside-toplevel
-      if self.cond.type not in latent_cache.CACHEABLE:
-        raise ValueError(f"data.latent_key is set, but conditioning.type={self.cond.type!r} "
-                         f"needs the images; train it without a latent cache.")
-      latent_cache.check(config.data.name, self.first_stage, fs_params)
-    self.batch_keys = ("moments" if self.cached else "image",) + tuple(
-        k for k in self.cond.batch_keys if k != "image")
+    self.model = model_lib.LatentDiffusion(config)
+    self.cond = self.model.cond
+    self.first_stage = self.model.first_stage
+    fs_params = self.model.first_stage_params
+    self.batch_keys = self.model.batch_keys
     self.constants = {"first_stage": fs_params} if fs_params is not None else {}
     self.ema = config.get("ema")
-    abstract = jax.eval_shape(self._init_params, jax.random.key(0))
     self.optimizers = {"model": optim.create_optimizer(config.optimizer,
                                                        num_steps=config.num_steps,
-                                                       params=abstract)}
+                                                       params=self.model.param_shapes())}
     self._grid_fn = None
 
   # --- host side ---------------------------------------------------------------------------
@@ -94,23 +61,11 @@ class LdmStage:
       tokens = self.cond.tokenize(np.asarray(batch["caption"]))
       batch = {**batch, "tokens": jax.make_array_from_process_local_data(
           sharding.batch_sharding(mesh), tokens)}
-    return stages.select(batch, self.batch_keys + tuple(extra))
+    return fields_lib.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
-  def _init_params(self, rng):
-    k_unet, k_cond = jax.random.split(rng)
-    inputs = list(factory.unet_example_inputs(self.config.unet))
-    params = {"unet": nn.unbox(self.unet.init(k_unet, *inputs)["params"])}
-    conditioner = self.cond.init(k_cond)
-    if conditioner is not None:
-      params["conditioner"] = conditioner
-    if self.diffusion.learn_logvar:
-      params["logvar"] = jnp.full((self.num_timesteps,), self.diffusion.logvar_init,
-                                  jnp.float32)
-    return params
-
   def init_state(self, rng) -> TrainState:
-    params = {"model": self._init_params(rng)}
+    params = {"model": self.model.init_params(rng)}
     return TrainState.create(params=params, optimizers=self.optimizers, rng=rng,
                              ema=bool(self.ema and self.ema.decay))
 
@@ -118,58 +73,14 @@ class LdmStage:
     """EMA parameters when the run keeps them, else the trained ones."""
     return (state.ema_params or state.params)["model"]
 
-  # --- the objective -----------------------------------------------------------------------
-  def _noised(self, z0, t, eps):
-    alpha = process.broadcast(jnp.sqrt(self.schedule.alphas_cumprod[t]), z0)
-    sigma = process.broadcast(jnp.sqrt(self.schedule.sigmas_squared[t]), z0)
-    return process.q_sample(x0=z0, eps=eps, alpha=alpha, sigma=sigma), alpha, sigma
-
-  def _loss(self, params, batch, z_t, z0, eps, t, alpha, sigma, concat, keep, unet, key):
-    context, y = self.cond.context_and_labels(params.get("conditioner"), batch, keep)
-    inputs = z_t if concat is None else jnp.concatenate([z_t, concat], axis=-1)
-    out = unet.apply({"params": params["unet"]}, inputs, t, context, y,
-                     rngs=None if key is None else {"dropout": key})
-    kw = dict(prediction=self.diffusion.prediction, model_out=out, x0=z0, eps=eps,
-              alpha=alpha, sigma=sigma)
-    mse = losses.diffusion_loss(**kw)
-    weighted = mse if self.diffusion.weighting == "uniform" else losses.diffusion_loss(
-        **kw, weighting=self.diffusion.weighting, gamma=self.diffusion.min_snr_gamma)
-    per_example = losses.ldm_objective(
-        weighted, t, logvar=params.get("logvar"), vlb_weight_table=self.vlb_table,
-        simple_weight=self.diffusion.simple_weight, elbo_weight=self.diffusion.elbo_weight)
-    return per_example, mse
-
-  def _inputs(self, batch, consts, keys, *, eval_mode: bool):
-    fs = consts.get("first_stage")
-    if self.cached:
-      moments = batch["moments"].astype(jnp.float32)
-    else:
-      moments = self.first_stage.moments(fs, batch["image"])
-    b = moments.shape[0]
-    if eval_mode:
-      z0 = self.first_stage.from_moments(moments)
-      keep = jnp.ones((b,), jnp.float32)
-      t = ((jnp.arange(b) + 0.5) * self.num_timesteps / b).astype(jnp.int32)
-    else:
-      z0 = self.first_stage.from_moments(moments, key=keys["posterior"])
-      keep = self.cond.keep_flags(keys["dropout"], b)
-      t = jax.random.randint(keys["t"], (b,), 0, self.num_timesteps)
-    z0 = jax.lax.stop_gradient(z0)
-    eps = jax.random.normal(keys["eps"], z0.shape, jnp.float32)
-    z_t, alpha, sigma = self._noised(z0, t, eps)
-    concat = self.cond.concat(fs, batch, keep, keys["mask"])
-    return dict(z_t=z_t, z0=z0, eps=eps, t=t, alpha=alpha, sigma=sigma, concat=concat,
-                keep=keep)
-
   # --- steps -------------------------------------------------------------------------------
   def train_step(self, state: TrainState, batch, consts):
-    keys = {k: state.step_key(k) for k in ("posterior", "dropout", "t", "eps", "mask",
-                                           "unet_dropout")}
-    inputs = self._inputs(batch, consts, keys, eval_mode=False)
+    keys = {k: state.step_key(k) for k in model_lib.TRAIN_KEYS}
+    inputs = self.model.loss_inputs(consts.get("first_stage"), batch, keys, train=True)
 
     def loss_fn(params):
-      per_example, mse = self._loss(params, batch, **inputs, unet=self.train_unet,
-                                    key=keys["unet_dropout"])
+      per_example, mse = self.model.loss_from_inputs(params, batch, inputs,
+                                                     dropout_key=keys["network_dropout"])
       return per_example.mean(), {"loss": per_example.mean(), "mse": mse.mean()}
 
     params = state.params["model"]
@@ -181,9 +92,8 @@ class LdmStage:
     extra = {}
     if state.ema_params is not None:
       decay = ema_decay(self.ema, state.step + 1)
-      new_state = new_state.replace(ema_params=jax.tree.map(
-          lambda e, p: e + (1.0 - decay) * (p.astype(jnp.float32) - e),
-          state.ema_params, new_params))
+      new_state = new_state.replace(ema_params=state_lib.update_ema(
+          state.ema_params, new_params, decay))
       extra["ema_decay"] = decay
     finite = state_lib.all_finite(grads, metrics)
     metrics = {**metrics, **extra, "grad_norm": optax.tree_utils.tree_norm(grads),
@@ -198,57 +108,51 @@ class LdmStage:
     with fixed noise: comparable from one evaluation to the next."""
     key = jax.random.key(self.config.seed + 2)
     keys = {k: jax.random.fold_in(key, i) for i, k in enumerate(("eps", "mask"))}
-    inputs = self._inputs(batch, consts, keys, eval_mode=True)
-    per_example, mse = self._loss(self.sampling_params(state), batch, **inputs,
-                                  unet=self.unet, key=None)
+    per_example, mse, _ = self.model.loss(self.sampling_params(state),
+                                          consts.get("first_stage"), batch, keys, train=False)
     mask = batch["mask"].astype(jnp.float32)
     return {"loss": (per_example * mask).sum(), "mse": (mse * mask).sum(),
             "count": mask.sum()}
 
   # --- samples -----------------------------------------------------------------------------
-  def grid_conditions(self, batch: dict | None) -> tuple[dict, int]:
-    """(host batch of conditions for the sample grid, number of columns)."""
+  def grid_conditions(self, batch: dict | None, key) -> tuple[dict, int, int]:
+    """(condition fields of the sample grid, number of samples, number of columns)."""
     sampling = self.config.sampling
     per_row = int(sampling.per_row)
     if self.cond.type == "class":
       shown = min(self.cond.num_classes, int(sampling.max_rows))
       labels = np.repeat(np.arange(shown, dtype=np.int32), per_row)
-      return {"label": labels}, per_row
+      return {"label": labels}, len(labels), per_row
     if self.cond.type == "text":
       prompts = list(sampling.prompts)
       if not prompts:
         raise ValueError("sampling.prompts is empty: give the captions of the sample grid.")
       tokens = self.cond.tokenize(np.repeat(np.asarray(prompts, object), per_row))
-      return {"tokens": tokens}, per_row
+      return {"tokens": tokens}, len(tokens), per_row
     if self.cond.type == "none":
-      return {}, per_row
+      return {}, per_row * int(sampling.max_rows), per_row
     # Concatenation: conditions from the evaluation batch, one column per example.
     count = min(per_row, batch["image"].shape[0])
-    return {k: v[:count] for k, v in batch.items() if k != "mask"}, count
+    batch = {k: v[:count] for k, v in batch.items() if k != "mask"}
+    fields = jax.tree.map(np.asarray, self.cond.fields(batch, key))
+    return fields, count, count
 
   def sample_images_fn(self):
-    """jit(fn(params, first_stage_params, conditions, key, count) -> images [-1, 1]):
-    `conditions` holds `label` / `tokens` / the concatenation's batch fields for `count`
-    samples; `config.sampling` sets sampler, steps and guidance."""
+    """jit(fn(params, first_stage_params, fields, key, count) -> images [-1, 1]): `fields`
+    holds `label` / `tokens` / the concatenation's inputs (`LatentDiffusion.condition`) for
+    `count` samples; `config.sampling` sets sampler, steps and guidance."""
     if self._grid_fn is None:
-      self._grid_fn = jax.jit(self._sample, static_argnums=4)
-    return self._grid_fn
+      sampling = self.config.sampling
 
-  def _sample(self, params, fs_params, grid_batch, key, count):
-    k_mask, k_sample = jax.random.split(key)
-    ones = jnp.ones((count,), jnp.float32)
-    cparams = params.get("conditioner")
-    cond = self.cond.inputs(cparams, fs_params, grid_batch, ones, k_mask)
-    scale = float(self.config.sampling.guidance_scale)
-    uncond = self.cond.inputs(cparams, fs_params, grid_batch, 0.0 * ones, k_mask) if (
-        scale != 1.0) else None
-    sampling = self.config.sampling
-    latents = generate.sample_latents(
-        self.unet, params["unet"], self.schedule, cond, uncond, k_sample,
-        (count,) + self.latent_shape, prediction=self.diffusion.prediction,
-        sampler=sampling.sampler, steps=int(sampling.steps), eta=float(sampling.eta),
-        guidance_scale=scale)
-    return jnp.clip(self.first_stage.decode(fs_params, latents), -1.0, 1.0)
+      def draw(params, fs_params, fields, key, count):
+        k_noise, k_sample = jax.random.split(key)
+        return self.model.sample(
+            params, fs_params, fields, noise=self.model.noise(k_noise, count), key=k_sample,
+            sampler=sampling.sampler, steps=int(sampling.steps), eta=float(sampling.eta),
+            guidance_scale=float(sampling.guidance_scale))
+
+      self._grid_fn = jax.jit(draw, static_argnums=4)
+    return self._grid_fn
 
   def sample_grid(self, state: TrainState, batch: dict | None, consts=None) -> np.ndarray:
     """An HWC uint8 grid: one row per class / prompt, or condition / sample / truth rows."""
@@ -256,29 +160,27 @@ class LdmStage:
     if batch is not None:
       batch = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
                for k, v in batch.items()}
-    grid_batch, columns = self.grid_conditions(batch)
-    count = len(next(iter(grid_batch.values()))) if grid_batch else (
-        columns * int(self.config.sampling.max_rows))
     key = jax.random.key(self.config.seed + 3)
-    images = np.asarray(self.sample_images_fn()(self.sampling_params(state), consts.get("first_stage"),
-                                      grid_batch, key, count))
+    k_fields, k_draw = jax.random.split(key)
+    fields, count, columns = self.grid_conditions(batch, k_fields)
+    images = np.asarray(self.sample_images_fn()(
+        self.sampling_params(state), consts.get("first_stage"), fields, k_draw, count))
     if self.cond.type in conditions.CONCAT_TYPES:
-      rows = [self._show_condition(grid_batch, key), images, grid_batch["image"]]
+      truth = batch["image"][:count]
+      rows = [self._show_condition(fields, truth), images, truth]
       images = np.concatenate([np.asarray(r, np.float32) for r in rows])
     return visualize.make_grid(images, columns=columns)
 
-  def _show_condition(self, grid_batch, key):
+  def _show_condition(self, fields, truth):
     """The condition as an image of the sample's size, for the grid's first row."""
-    image = np.asarray(grid_batch["image"], np.float32)
-    b, size, _, channels = image.shape
+    image = np.asarray(truth, np.float32)
+    channels = image.shape[-1]
     if self.cond.type == "inpainting":
-      mask = np.asarray(conditions.box_masks(jax.random.split(key)[0], b, size))
-      return image * (1.0 - mask)
+      return image * (1.0 - np.asarray(fields["mask"]))
     if self.cond.type == "low_res":
-      low = self.cond.low_res(grid_batch[self.cond.key] if self.cond.key else image,
-                              size // self.first_stage.downsample)
+      low = self.cond.low_res(fields["low_res"], image.shape[1] // self.first_stage.downsample)
       return np.asarray(jax.image.resize(low, image.shape, "nearest"))
-    cond = np.asarray(grid_batch[self.cond.key], np.float32)
+    cond = np.asarray(fields[self.cond.key], np.float32)
     if self.cond.type == "semantic":
       cond = cond[..., :1] if cond.ndim == 4 else cond[..., None]
       cond = cond / max(self.cond.concat_channels - 1, 1) * 2.0 - 1.0

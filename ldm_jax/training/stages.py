@@ -20,11 +20,3 @@ def create(config: ml_collections.ConfigDict):
     return ldm_stage.LdmStage(config)
   raise ValueError(f"stage={config.get('stage')!r}: expected one of {STAGES}.")
 
-
-def select(batch: dict, keys) -> dict:
-  """The batch fields a stage's jitted step takes (text fields stay on the host)."""
-  missing = [k for k in keys if k not in batch]
-  if missing:
-    raise KeyError(f"The input batch has no field(s) {missing} (it has {sorted(batch)}); "
-                   f"set the matching data.*_key in the config.")
-  return {k: batch[k] for k in keys}

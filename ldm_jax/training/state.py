@@ -59,5 +59,12 @@ def keep_if(finite: jax.Array, new: TrainState, old: TrainState) -> TrainState:
   return kept.replace(step=old.step + 1, skipped=old.skipped + (1 - finite.astype(jnp.int32)))
 
 
-def update_ema(ema_params, params, decay: float):
-  return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
+def update_ema(ema_params, params, decay):
+  """ema + (1 - decay) (params - ema), in float32.
+
+  Not optax.incremental_update: its decay * ema + (1 - decay) * params rounds, so the
+  average of a parameter that does not move (a frozen group) would drift; this form leaves
+  it bit-identical.
+  """
+  return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p.astype(jnp.float32) - e),
+                      ema_params, params)

@@ -66,7 +66,7 @@ def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path, monkeypat
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   model = sampler_lib.load(checkpoint=str(out))
-  assert model.stage.first_stage.scale_factor == pytest.approx(scale)  # From the file.
+  assert model.model.first_stage.scale_factor == pytest.approx(scale)  # From the file.
   labels, steps, seed = [2, 7, 7, 9], 5, 11
   ours = model.sample(4, class_label=labels, steps=steps, guidance_scale=1.0, seed=seed)
 

@@ -139,13 +139,13 @@ def test_converted_directory_samples_like_the_run(class_model, tmp_path):
   """A directory in `python -m ldm_jax.convert`'s layout (unet, autoencoder, config.json with
   the LDM config) gives the run's images."""
   from ldm_jax.convert import export  # pylint: disable=import-outside-toplevel
-  stage = class_model.stage
+  model = class_model.model
   config = class_model.config.copy_and_resolve_references()
-  config.first_stage.scale_factor = stage.first_stage.scale_factor
+  config.first_stage.scale_factor = model.first_stage.scale_factor
   import jax  # pylint: disable=import-outside-toplevel
   params = jax.tree.map(np.asarray, class_model._params)  # pylint: disable=protected-access
   export.write(str(tmp_path / "converted"), {
-      "unet": params["unet"], "autoencoder": stage.constants["first_stage"]}, config)
+      "unet": params["unet"], "autoencoder": model.first_stage_params}, config)
   converted = sampler_lib.load(checkpoint=str(tmp_path / "converted"))
   kw = dict(num_samples=8, class_label=4, seed=3)
   np.testing.assert_array_equal(converted.sample(**kw).images, class_model.sample(**kw).images)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ldm_jax.convert import torch_weights
-from ldm_jax.eval import lpips as lpips_jax
+from ldm_jax.metrics import lpips as lpips_jax
 from tests import references
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldm_jax.eval import reconstruction
+from ldm_jax.metrics import reconstruction
 from tests import references
 
 metrics = references.require("skimage.metrics")

@@ -1,0 +1,1 @@
+"""Metric implementations that training and evaluation share: LPIPS, PSNR/SSIM."""
