@@ -194,7 +194,7 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def conditioning_config(**overrides) -> ml_collections.ConfigDict:
-  """The `conditioning` block: see ldm_jax/ldm/conditions.py for each type."""
+  """The `conditioning` block: see ldm_jax/ldm/modes/ for each type."""
   config = ml_collections.ConfigDict(dict(
       type="none",  # none, class, text, low_res, inpainting, semantic, image.
       dropout=0.0,  # Classifier-free guidance: P(condition -> null) per example.

@@ -46,6 +46,7 @@ class FirstStage:
   channels: int  # Latent channels.
   downsample: int  # Image side / latent side.
   description: str
+  image_channels: int = 3  # Channels of the images it encodes and decodes.
 
   def latent_shape(self, image_size: int) -> tuple[int, int, int]:
     if image_size % self.downsample:
@@ -181,7 +182,8 @@ def load(config: ml_collections.ConfigDict, rng=None):
       raise ValueError("first_stage.source='pixels' trains in pixel space: set "
                        "config.autoencoder=None.")
     channels = config.data.get("channels") or 3
-    return FirstStage(None, "pixels", float(scale or 1.0), channels, 1, "pixels"), None
+    return FirstStage(None, "pixels", float(scale or 1.0), channels, 1, "pixels",
+                      channels), None
   if source in ("workdir", "export"):
     if not block.get("path"):
       raise ValueError(f"first_stage.source={source!r} needs first_stage.path.")
@@ -212,7 +214,7 @@ def load(config: ml_collections.ConfigDict, rng=None):
     check_shapes(nn.unbox(expected), params, description)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   stage = FirstStage(model, arch.type, float(scale), int(arch.embed_dim),
-                     2 ** (len(arch.ch_mult) - 1), description)
+                     2 ** (len(arch.ch_mult) - 1), description, int(arch.get("out_ch", 3)))
   logging.info("First stage: %s; %s latents, f=%d, scale_factor=%.6g.", description,
                stage.kind, stage.downsample, stage.scale_factor)
   return stage, params

@@ -32,8 +32,9 @@ from absl import logging
 from ldm_jax.data import pipeline
 from ldm_jax.data import sources
 from ldm_jax.ldm import first_stage as first_stage_lib
+from ldm_jax.ldm import modes
 
-CACHEABLE = ("none", "class", "text")
+CACHEABLE = modes.CACHEABLE  # Modes whose training inputs are not made from the image.
 METADATA = "first_stage.json"
 
 

@@ -29,8 +29,8 @@ from ldm_jax.diffusion import losses
 from ldm_jax.diffusion import process
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion import schedule_config
-from ldm_jax.ldm import conditions
 from ldm_jax.ldm import first_stage as first_stage_lib
+from ldm_jax.ldm import modes
 from ldm_jax.models import factory
 
 # Keys of the random streams `loss` takes in training mode.
@@ -44,7 +44,7 @@ class LatentDiffusion:
     self.config = config
     self.diffusion = config.diffusion
     self.first_stage, self.first_stage_params = first_stage_lib.load(config)
-    self.cond = conditions.Conditioning(config, self.first_stage)
+    self.cond = modes.create(config, self.first_stage)
     self.latent_shape = self.first_stage.latent_shape(config.data.image_size)
     self.schedule = schedule_config.from_config(config.diffusion,
                                                 image_size=self.latent_shape[0])
@@ -71,11 +71,11 @@ class LatentDiffusion:
     self.cached = bool(config.data.get("latent_key"))
     if self.cached:  # Encodings stored by ldm_jax/ldm/latent_cache.py.
       from ldm_jax.ldm import latent_cache  # pylint: disable=import-outside-toplevel
-      if self.cond.type not in latent_cache.CACHEABLE:
+      if not self.cond.CACHEABLE:
         raise ValueError(f"data.latent_key is set, but conditioning.type={self.cond.type!r} "
                          f"needs the images; train it without a latent cache.")
       latent_cache.check(config.data.name, self.first_stage, self.first_stage_params)
-    # The batch fields `loss` reads ('tokens': captions through `cond.tokenize`).
+    # The batch fields `loss` reads ('tokens': captions through `cond.host_fields`).
     self.batch_keys = ("moments" if self.cached else "image",) + tuple(
         k for k in self.cond.batch_keys if k != "image")
 
@@ -192,10 +192,10 @@ class LatentDiffusion:
                 keep: bool = True):
     """The network's condition {'concat', 'context', 'y'} for `count` samples of latent side
     `side` from explicit fields (`label`, `tokens`, or the concatenation's images/maps, see
-    `Conditioning.concat_from`); keep=False gives the null condition (guidance)."""
+    the mode's `network_inputs`); keep=False gives the null condition (guidance)."""
     flags = jnp.full((count,), 1.0 if keep else 0.0, jnp.float32)
-    return self.cond.inputs_from(params.get("conditioner"), first_stage_params, fields,
-                                 flags, side)
+    return self.cond.network_inputs(params.get("conditioner"), first_stage_params, fields,
+                                    flags, side)
 
   def noise(self, key, count: int, side: int | None = None):
     """Starting latents [count, side, side, channels] ~ N(0, I)."""

@@ -142,10 +142,7 @@ class Sampler:
   def input_channels(self) -> int | None:
     """Channels of the image a concatenation model takes (`cond_image`, or `image` for
     inpainting); None for the other modes."""
-    if self.mode == "low_res" or (self.mode == "image" and
-                                  not self.cond.block.get("encode_condition", True)):
-      return self.cond.concat_channels
-    return self.image_channels if self.mode in ("image", "inpainting") else None
+    return self.cond.input_channels
 
   @property
   def num_devices(self) -> int:
@@ -194,8 +191,8 @@ class Sampler:
                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
       raise ValueError(f"seed={seed!r}: expected an integer in 0 .. 2**32 - 1.")
-    given = inputs_lib.Given(class_label=class_label, prompt=prompt, cond_image=cond_image,
-                             image=image, mask=mask, semantic_map=semantic_map)
+    given = dict(class_label=class_label, prompt=prompt, cond_image=cond_image, image=image,
+                 mask=mask, semantic_map=semantic_map)
     cond = inputs_lib.build(self, given, num_samples)
     batch_size = self._batch_size(batch_size, cond.num_samples)
     count = cond.num_samples

@@ -19,7 +19,6 @@ from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
 from ldm_jax.data import fields as fields_lib
-from ldm_jax.ldm import conditions
 from ldm_jax.ldm import model as model_lib
 from ldm_jax.training import optim
 from ldm_jax.training import state as state_lib
@@ -53,14 +52,13 @@ class LdmStage:
 
   # --- host side ---------------------------------------------------------------------------
   def prepare(self, batch: dict, mesh, extra=()) -> dict:
-    """The fields the jitted steps take; captions become a global array of token ids."""
-    if self.cond.type == "text":
-      if "caption" not in batch:
-        raise KeyError("conditioning.type='text' needs captions: set data.caption_key.")
+    """The fields the jitted steps take; fields the mode makes on the host (captions ->
+    token ids) become global arrays."""
+    made = self.cond.host_fields(batch)
+    if made:
       from ldm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
-      tokens = self.cond.tokenize(np.asarray(batch["caption"]))
-      batch = {**batch, "tokens": jax.make_array_from_process_local_data(
-          sharding.batch_sharding(mesh), tokens)}
+      batch = {**batch, **{k: jax.make_array_from_process_local_data(
+          sharding.batch_sharding(mesh), v) for k, v in made.items()}}
     return fields_lib.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
@@ -115,28 +113,6 @@ class LdmStage:
             "count": mask.sum()}
 
   # --- samples -----------------------------------------------------------------------------
-  def grid_conditions(self, batch: dict | None, key) -> tuple[dict, int, int]:
-    """(condition fields of the sample grid, number of samples, number of columns)."""
-    sampling = self.config.sampling
-    per_row = int(sampling.per_row)
-    if self.cond.type == "class":
-      shown = min(self.cond.num_classes, int(sampling.max_rows))
-      labels = np.repeat(np.arange(shown, dtype=np.int32), per_row)
-      return {"label": labels}, len(labels), per_row
-    if self.cond.type == "text":
-      prompts = list(sampling.prompts)
-      if not prompts:
-        raise ValueError("sampling.prompts is empty: give the captions of the sample grid.")
-      tokens = self.cond.tokenize(np.repeat(np.asarray(prompts, object), per_row))
-      return {"tokens": tokens}, len(tokens), per_row
-    if self.cond.type == "none":
-      return {}, per_row * int(sampling.max_rows), per_row
-    # Concatenation: conditions from the evaluation batch, one column per example.
-    count = min(per_row, batch["image"].shape[0])
-    batch = {k: v[:count] for k, v in batch.items() if k != "mask"}
-    fields = jax.tree.map(np.asarray, self.cond.fields(batch, key))
-    return fields, count, count
-
   def sample_images_fn(self):
     """jit(fn(params, first_stage_params, fields, key, count) -> images [-1, 1]): `fields`
     holds `label` / `tokens` / the concatenation's inputs (`LatentDiffusion.condition`) for
@@ -162,31 +138,14 @@ class LdmStage:
                for k, v in batch.items()}
     key = jax.random.key(self.config.seed + 3)
     k_fields, k_draw = jax.random.split(key)
-    fields, count, columns = self.grid_conditions(batch, k_fields)
+    fields, count, columns = self.cond.grid(self.config.sampling, batch, k_fields)
     images = np.asarray(self.sample_images_fn()(
         self.sampling_params(state), consts.get("first_stage"), fields, k_draw, count))
-    if self.cond.type in conditions.CONCAT_TYPES:
+    if self.cond.CONCAT:
       truth = batch["image"][:count]
-      rows = [self._show_condition(fields, truth), images, truth]
+      rows = [self.cond.show(fields, truth), images, truth]
       images = np.concatenate([np.asarray(r, np.float32) for r in rows])
     return visualize.make_grid(images, columns=columns)
-
-  def _show_condition(self, fields, truth):
-    """The condition as an image of the sample's size, for the grid's first row."""
-    image = np.asarray(truth, np.float32)
-    channels = image.shape[-1]
-    if self.cond.type == "inpainting":
-      return image * (1.0 - np.asarray(fields["mask"]))
-    if self.cond.type == "low_res":
-      low = self.cond.low_res(fields["low_res"], image.shape[1] // self.first_stage.downsample)
-      return np.asarray(jax.image.resize(low, image.shape, "nearest"))
-    cond = np.asarray(fields[self.cond.key], np.float32)
-    if self.cond.type == "semantic":
-      cond = cond[..., :1] if cond.ndim == 4 else cond[..., None]
-      cond = cond / max(self.cond.concat_channels - 1, 1) * 2.0 - 1.0
-    if cond.shape[-1] != channels:
-      cond = np.repeat(cond.mean(axis=-1, keepdims=True), channels, axis=-1)
-    return np.asarray(jax.image.resize(cond, image.shape, "nearest"))
 
   def image_grids(self, state: TrainState, batch):
     return {"samples": self.sample_grid(state, batch)[None]}

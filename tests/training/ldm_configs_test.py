@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from ldm_jax.ldm import conditions
+from ldm_jax.ldm import modes
 
 TINY = [
     "digits_ldm:tiny", "digits_ldm:tiny,cond=caption", "digits_ldm:tiny,cond=none",
@@ -64,4 +64,4 @@ def test_low_res_key_needs_the_pipeline_degradation():
   assert config.conditioning.key == "low_res" and config.data.degradation == "bsrgan_light"
   config.data.degradation = None
   with pytest.raises(ValueError, match="conditioning.key='low_res' for type 'low_res'"):
-    conditions.Conditioning(config, types.SimpleNamespace(channels=4, downsample=2))
+    modes.create(config, types.SimpleNamespace(channels=4, downsample=2, image_channels=3))

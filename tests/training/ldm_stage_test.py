@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import digits_ldm
-from ldm_jax.ldm import conditions
+from ldm_jax.ldm.modes import base as modes_base
+from ldm_jax.ldm.modes import inpainting
 from ldm_jax.training import ldm_stage
 from ldm_jax.training import stages
 
@@ -115,12 +116,12 @@ def test_text_null_caption_is_the_empty_caption():
 
 
 def test_box_masks_and_area_resize():
-  masks = np.asarray(conditions.box_masks(jax.random.key(0), 256, 32))
+  masks = np.asarray(inpainting.box_masks(jax.random.key(0), 256, 32))
   assert masks.shape == (256, 32, 32, 1) and set(np.unique(masks)) == {0.0, 1.0}
   covered = masks.mean(axis=(1, 2, 3))
   assert covered.min() > 0.005 and covered.max() < 0.75  # 1..3 boxes of 10..50 % sides.
   x = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
-  np.testing.assert_allclose(conditions.area_resize(x, 2)[0, 0, 0, 0], (0 + 1 + 4 + 5) / 4)
+  np.testing.assert_allclose(modes_base.area_resize(x, 2)[0, 0, 0, 0], (0 + 1 + 4 + 5) / 4)
 
 
 @pytest.mark.parametrize("kind", ["low_res", "inpainting", "semantic", "image"])
