@@ -1,21 +1,22 @@
 """The known LDM / Stable Diffusion architectures, as model config blocks.
 
 Each function returns the ConfigDict that `ldm_jax.models.factory` builds; experiment configs
-use them as `config.unet = architectures.sd_v1_unet()`. As a config file it selects one:
-`--config=configs/architectures.py:sd_v1_unet` (a `unet`, `autoencoder` or `conditioner`
+use them as `config.network = architectures.sd_v1_unet()`. As a config file it selects one:
+`--config=configs/architectures.py:sd_v1_unet` (a `network`, `autoencoder` or `conditioner`
 block).
 """
 
 import ml_collections
 
 # Execution settings every model block carries, overridable on the command line, e.g.
-# --config.unet.dtype=bfloat16 --config.unet.attention_impl=cudnn --config.unet.remat=True
+# --config.network.dtype=bfloat16 --config.network.attention_impl=cudnn
+# --config.network.remat=True
 EXECUTION = dict(dtype="float32", param_dtype="float32", remat=False, attention_impl="xla")
 
 
 def _unet(**kw) -> ml_collections.ConfigDict:
-  base = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
-              num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8,
+  base = dict(type="unet", in_channels=4, out_channels=4, model_channels=320,
+              channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8,
               num_head_channels=-1, use_spatial_transformer=True, transformer_depth=1,
               context_dim=768, linear_projection=False, num_classes=None,
               scale_shift=False, dropout=0.0, **EXECUTION)
@@ -89,7 +90,7 @@ CONDITIONERS = {f.__name__: f for f in (ldm_cin256_v2_class_embedder,)}
 
 
 def get_config(arg=None):
-  blocks = {"unet": UNETS, "autoencoder": AUTOENCODERS, "conditioner": CONDITIONERS}
+  blocks = {"network": UNETS, "autoencoder": AUTOENCODERS, "conditioner": CONDITIONERS}
   names = sorted(name for table in blocks.values() for name in table)
   if arg not in names:
     raise ValueError(f"configs/architectures.py:{arg}: choose one of {names}.")

@@ -32,7 +32,7 @@ def _sd_unet(tiny: bool, image_size: int):
   config.data.image_size = image_size
   if tiny:
     common.shrink_ldm_stage(config)
-    config.unet.context_dim = 32  # No conditioner: context tokens arrive as they are.
+    config.network.context_dim = 32  # No conditioner: context tokens arrive as they are.
   # The context is given (frozen-encoder embeddings): the LDM stage's own step would train a
   # text encoder, which SD does not, so only the UNet step and sampling are measured.
   return config, ("unet_step", "sampling"), 77
@@ -58,7 +58,7 @@ def get_config(arg=None):
     config = module.get_config("tiny" if tiny else None)
     config.first_stage.update(source="random", path=None)
     if tiny and variant.point == "celebahq256":  # Channels per head, as the full model.
-      config.unet.update(num_heads=-1, num_head_channels=16)
+      config.network.update(num_heads=-1, num_head_channels=16)
     if config.first_stage.scale_factor is None:
       config.first_stage.scale_factor = 1.0
     measures, tokens = LDM_MEASURES, 1

@@ -209,13 +209,14 @@ def conditioning_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def ldm_stage_config(unet: ml_collections.ConfigDict, *, autoencoder=None,
+def ldm_stage_config(network: ml_collections.ConfigDict, *, autoencoder=None,
                      conditioner=None, **conditioning) -> ml_collections.ConfigDict:
-  """A whole LDM-stage config: base + training + first stage + UNet + conditioning +
+  """A whole LDM-stage config: base + training + first stage + the denoiser network
+  (`network`, a block of models/networks.py: type 'unet') + conditioning +
   diffusion + EMA + sample grids + optimiser (AdamW, CompVis' weight decay 0.01)."""
   config = training_config(base_config())
   config.stage = "ldm"
-  config.unet = unet
+  config.network = network
   config.autoencoder = autoencoder  # None: taken from the first stage's checkpoint.
   config.conditioner = conditioner
   config.first_stage = ml_collections.ConfigDict(dict(
@@ -245,12 +246,12 @@ def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16)
         attention_impl="xla"))
     config.first_stage.update(source="random", path=None)
   latent = 4 if config.first_stage.source != "pixels" else ae_channels
-  concat = config.unet.in_channels - config.unet.out_channels
+  concat = config.network.in_channels - config.network.out_channels
   if config.conditioning.type == "inpainting":
     concat = latent + 1
   elif config.conditioning.type == "image" and config.conditioning.encode_condition:
     concat = latent
-  config.unet.update(in_channels=latent + concat, out_channels=latent, model_channels=32,
+  config.network.update(in_channels=latent + concat, out_channels=latent, model_channels=32,
                      channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
                      num_heads=2, num_head_channels=-1, transformer_depth=1)
   if config.conditioner is not None:
@@ -258,7 +259,7 @@ def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16)
       config.conditioner.update(width=32, depth=1, heads=2, head_dim=None, max_length=16)
     else:
       config.conditioner.embed_dim = 32
-    config.unet.context_dim = 32
+    config.network.context_dim = 32
   config.data.image_size = image_size
   config.data.batch_size = 8
   config.data.shuffle_buffer = 64

@@ -43,7 +43,7 @@ def get_config(arg=None):
     raise ValueError(f"configs/digits_ldm.py:cond={variant.cond!r}: expected one of "
                      f"{CONDITIONS}.")
   unet = ml_collections.ConfigDict(dict(
-      in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2),
+      type="unet", in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2),
       num_res_blocks=2, attention_resolutions=(2,), num_heads=4, num_head_channels=-1,
       use_spatial_transformer=True, transformer_depth=1, context_dim=None,
       linear_projection=False, num_classes=None, scale_shift=False, dropout=0.0,

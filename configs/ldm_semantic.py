@@ -31,6 +31,6 @@ def get_config(arg=None):
     common.tiny_data(config, "digits")
     config.data.update(label_key=None, caption_key=None, label_map_keys=("segmentation",))
     config.conditioning.update(key="segmentation", num_semantic_classes=3)
-    config.unet.in_channels = config.unet.out_channels + 3
+    config.network.in_channels = config.network.out_channels + 3
     common.shrink_ldm_stage(config)
   return config

@@ -35,7 +35,7 @@ def get_config(arg=None):
   factor = 4
   if variant.tiny:
     common.tiny_data(config, "photos")
-    config.unet.in_channels = config.unet.out_channels + 3  # Latents + the RGB low-res image.
+    config.network.in_channels = config.network.out_channels + 3  # Latents + the RGB low-res image.
     common.shrink_ldm_stage(config)
     factor = 2  # 16 px crops -> 8 px, the tiny autoencoder's latent size.
   if variant.degradation != "bicubic":

@@ -72,6 +72,6 @@ def test_ldm_stage_configs_build(spec):
     argv.append("--config.first_stage.source=random")
   config = _load(argv)
   state = jax.eval_shape(stages.create(config).init_state, jax.random.key(0))
-  unet = state.params["model"]["unet"]
-  assert unet["conv_out"]["kernel"].shape[-1] == config.unet.out_channels
-  assert unet["conv_in"]["kernel"].shape[-2] == config.unet.in_channels
+  unet = state.params["model"]["network"]
+  assert unet["conv_out"]["kernel"].shape[-1] == config.network.out_channels
+  assert unet["conv_in"]["kernel"].shape[-2] == config.network.in_channels

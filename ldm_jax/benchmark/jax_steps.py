@@ -17,7 +17,6 @@ arguments, and whether it threads a state (donated) through the calls.
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,6 +28,7 @@ from ldm_jax.diffusion import schedule_config
 from ldm_jax.ldm import first_stage as first_stage_lib
 from ldm_jax.ldm import model as model_lib
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 from ldm_jax.models.distributions import DiagonalGaussian
 from ldm_jax.parallel import sharding
 from ldm_jax.training import stages
@@ -83,30 +83,31 @@ def _downsample(config) -> int:
 
 
 def unet_inputs(config, batch: int, seed: int = 0) -> dict:
-  """Synthetic latents (+ concatenated channels), context tokens and labels for the UNet."""
-  block, side = config.unet, latent_side(config)
+  """Synthetic latents (+ concatenated channels), context tokens and labels for the
+  network."""
+  spec, side = networks.spec(config.network), latent_side(config)
   rng = np.random.default_rng(seed)
-  out = {"latents": rng.standard_normal((batch, side, side, block.out_channels), np.float32)}
-  extra = block.in_channels - block.out_channels
+  out = {"latents": rng.standard_normal((batch, side, side, spec.out_channels), np.float32)}
+  extra = spec.in_channels - spec.out_channels
   if extra:
     out["concat"] = rng.standard_normal((batch, side, side, extra), np.float32)
-  if block.get("context_dim"):
+  if spec.context_dim:
     out["context"] = rng.standard_normal(
-        (batch, int(config.benchmark.context_tokens), block.context_dim), np.float32)
-  if block.get("num_classes"):
-    out["label"] = rng.integers(0, block.num_classes, (batch,)).astype(np.int32)
+        (batch, int(config.benchmark.context_tokens), spec.context_dim), np.float32)
+  if spec.num_classes:
+    out["label"] = rng.integers(0, spec.num_classes, (batch,)).astype(np.int32)
   return out
 
 
 def unet_step(config, mesh) -> Program:
-  unet = factory.build_unet(config.unet)
+  unet = networks.build(config.network)
   schedule = schedule_config.from_config(config.diffusion).discrete
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
   batch = _put(unet_inputs(config, int(config.benchmark.batch_size)), mesh)
-  example = factory.unet_example_inputs(config.unet)
+  example = networks.example_inputs(config.network)
 
   def init(rng):
-    params = nn.unbox(unet.init(rng, *example)["params"])
+    params = unet.init(rng, *example)["params"]
     ema = jax.tree.map(lambda p: p.astype(jnp.float32), params)
     return {"params": params, "opt": optimizer.init(params), "ema": ema}
 
@@ -147,7 +148,7 @@ def ldm_step(config, mesh) -> Program:
     raise ValueError(f"benchmark ldm_step: conditioning.type={stage.cond.type!r} is not "
                      f"synthesised; use a class-, un-conditional, low_res or inpainting point.")
   return _training_program(stage.init_state, stage.train_step, mesh, _put(batch, mesh),
-                           stage.constants, lambda state: _count(state.params["model"]["unet"]))
+                           stage.constants, lambda state: _count(state.params["model"]["network"]))
 
 
 def sampling(config, mesh) -> Program:
@@ -156,7 +157,7 @@ def sampling(config, mesh) -> Program:
   model = model_lib.LatentDiffusion(config)
   b = int(config.benchmark.batch_size)
   inputs = unet_inputs(config, b, seed=2)
-  params, _ = _init_sharded(lambda rng: {"unet": model.init_params(rng)["unet"]}, mesh,
+  params, _ = _init_sharded(lambda rng: {"network": model.init_params(rng)["network"]}, mesh,
                             jax.random.key(0))
   replicated = sharding.replicated(mesh)
   fs_params = jax.device_put(model.first_stage_params, replicated)
@@ -195,7 +196,7 @@ def vae_step(config, mesh) -> Program:
   example = factory.autoencoder_example_inputs(config.autoencoder)
 
   def init(rng):
-    params = nn.unbox(model.init(rng, *example)["params"])
+    params = model.init(rng, *example)["params"]
     return {"params": params, "opt": optimizer.init(params)}
 
   def step(state, batch, key):

@@ -31,7 +31,7 @@ def apply_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     raise ValueError(f"benchmark.steps={bench.steps}, warmup={bench.warmup}: expected >= 1 "
                      f"timed steps and >= 0 warm-up steps.")
   config = config.copy_and_resolve_references()
-  for name in ("unet", "autoencoder"):
+  for name in ("network", "autoencoder"):
     block = config.get(name)
     if block is not None:
       block.update(dtype=bench.dtype, remat=bool(bench.remat),

@@ -57,7 +57,10 @@ def _sync(torch, device):
 def unet_step(config, platform: str) -> TorchStep:
   torch, diffusers = _torch()
   device = _device(torch, platform)
-  block = config.unet.to_dict()
+  block = config.network.to_dict()
+  if block.get("type") != "unet":
+    raise ValueError(f"network.type={block.get('type')!r}: the diffusers comparison builds "
+                     f"diffusers' UNet, so it needs network.type='unet'.")
   if block.get("use_spatial_transformer", True):
     model = diffusers.UNet2DConditionModel(**diffusers_configs.unet_condition_kwargs(block))
   else:

@@ -4,8 +4,8 @@
   python -m ldm_jax.convert ./stable-diffusion-v1-5 --subfolder=vae \
       --config=configs/architectures.py:sd_kl_f8 --out=DIR
 
-The config's `unet`, `autoencoder` and `conditioner` blocks say what to build; each is
-filled from SRC. With a whole LDM config (configs/ldm_*.py) the directory is also a model
+The config's `network` (a UNet), `autoencoder` and `conditioner` blocks say what to build;
+each is filled from SRC. With a whole LDM config (configs/ldm_*.py) the directory is also a model
 that `sample.py --checkpoint=DIR` samples; its latent scale factor is the config's
 `first_stage.scale_factor` (e.g. --config.first_stage.scale_factor=0.18215 for Stable
 Diffusion), or the `scale_factor` a CompVis checkpoint stores.
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from ldm_jax.convert import export
 from ldm_jax.convert import load
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config with unet / autoencoder / "
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config with network / autoencoder / "
                                           "conditioner blocks.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
 _SUBFOLDER = flags.DEFINE_string("subfolder", None, "Subfolder of a diffusers pipeline "

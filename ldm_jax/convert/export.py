@@ -1,7 +1,8 @@
 """Converted weights on disk: one Orbax checkpoint per part, plus the config that built it.
 
-Layout of DIR: `config.json` (the model config blocks), and `unet/`, `autoencoder/` (Orbax
-StandardCheckpointer trees of parameters). `read(DIR, 'unet')` gives the tree back.
+Layout of DIR: `config.json` (the model config blocks), and `network/`, `autoencoder/`,
+`conditioner/` (Orbax StandardCheckpointer trees of parameters). `read(DIR, 'network')` gives
+the tree back (directories written before `network` existed name it `unet/`).
 """
 
 import json

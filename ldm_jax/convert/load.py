@@ -1,6 +1,7 @@
 """Import UNet / autoencoder weights from CompVis, Stable Diffusion or diffusers sources.
 
-`import_unet(source, config.unet)` and `import_autoencoder(source, config.autoencoder)` accept
+`import_unet(source, config.network)` and `import_autoencoder(source, config.autoencoder)`
+accept
 * a CompVis/SD single file (`.ckpt`, `.safetensors`): `model.diffusion_model.*` and
   `first_stage_model.*`, or a standalone CompVis autoencoder (`encoder.down.0...`);
 * a diffusers model folder, a pipeline folder (with `subfolder='unet'` / `'vae'`), or a
@@ -19,6 +20,7 @@ from ldm_jax.convert import compvis
 from ldm_jax.convert import files
 from ldm_jax.convert import torch_weights
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 
 # Keys of training-only modules in CompVis autoencoder checkpoints (LPIPS, discriminator).
 AUTOENCODER_TRAINING_KEYS = (r"^(first_stage_model\.)?loss\.",)
@@ -59,7 +61,10 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
   """Our UNet parameters from `source` (see the module docstring); `state`: its contents,
   when already read (`files.read`)."""
   state = _read(source, subfolder, state)
-  target = factory.param_shapes(factory.build_unet(block), factory.unet_example_inputs(block))
+  if block.get("type") != "unet":
+    raise ValueError(f"network.type={block.get('type')!r}: CompVis and diffusers checkpoints "
+                     f"hold UNets; give a network block of type 'unet'.")
+  target = factory.param_shapes(networks.build(block), networks.example_inputs(block))
   if not _is_compvis(state, ("input_blocks.", "middle_block.")):
     if use_ema:
       raise ValueError(f"use_ema=True: {source} is diffusers-named; its file already holds "
@@ -71,7 +76,7 @@ def import_unet(source: str, block: ml_collections.ConfigDict, *,
   attention_levels = tuple(2**level in block.attention_resolutions
                            for level in range(len(block.channel_mult)))
   if not block.use_spatial_transformer:
-    model = factory.build_unet(block)
+    model = networks.build(block)
     state = compvis.split_fused_qkv(state, lambda channels: model.heads_for(channels)[0])
   name_of = lambda key: compvis.unet_name(key, num_res_blocks=block.num_res_blocks,
                                           attention_levels=attention_levels,
@@ -132,7 +137,7 @@ def import_conditioner(source: str, block: ml_collections.ConfigDict, *,
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
 
 
-PARTS = ("unet", "autoencoder", "conditioner")
+PARTS = ("network", "autoencoder", "conditioner")
 
 
 def import_parts(source: str, config: ml_collections.ConfigDict, *,
@@ -145,11 +150,12 @@ def import_parts(source: str, config: ml_collections.ConfigDict, *,
   (sampling needs it).
   """
   state = files.read(source, subfolder)
+  config = networks.migrate_config(config)
   if config.get("stage") == "ldm":
     config = _with_scale_factor(source, state, config)
   parts = {}
-  if config.get("unet") is not None:
-    parts["unet"] = import_unet(source, config.unet, use_ema=use_ema, state=state)
+  if config.get("network") is not None:
+    parts["network"] = import_unet(source, config.network, use_ema=use_ema, state=state)
   if config.get("autoencoder") is not None:
     parts["autoencoder"] = import_autoencoder(source, config.autoencoder, state=state)
   if config.get("conditioner") is not None:

@@ -11,7 +11,6 @@ import re
 from typing import Any, Mapping
 
 import flax
-import flax.linen as nn
 import numpy as np
 
 # The leaf names a PyTorch `weight` may become, tried in order against the target tree.
@@ -52,7 +51,7 @@ def _convert(value: np.ndarray, leaf: str, target_shape: tuple[int, ...]) -> np.
 
 
 def _flat_target(target) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], Any]]:
-  flat = flax.traverse_util.flatten_dict(nn.meta.unbox(target))
+  flat = flax.traverse_util.flatten_dict(target)
   return {"/".join(path): (path, tuple(leaf.shape), leaf.dtype) for path, leaf in flat.items()}
 
 

@@ -206,12 +206,12 @@ def load(config: ml_collections.ConfigDict, rng=None):
   if params is None:
     inputs = factory.autoencoder_example_inputs(arch)
     rng = jax.random.key(0) if rng is None else rng
-    params = nn.unbox(model.init({"params": rng, "sample": rng}, *inputs)["params"])
+    params = model.init({"params": rng, "sample": rng}, *inputs)["params"]
     logging.warning("first_stage.source='random': the LDM trains on the latents of an "
                     "untrained autoencoder. Use this for smoke tests only.")
   else:
     expected = factory.param_shapes(model, factory.autoencoder_example_inputs(arch))
-    check_shapes(nn.unbox(expected), params, description)
+    check_shapes(expected, params, description)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   stage = FirstStage(model, arch.type, float(scale), int(arch.embed_dim),
                      2 ** (len(arch.ch_mult) - 1), description, int(arch.get("out_ch", 3)))

@@ -1,7 +1,7 @@
 """A latent diffusion model, whole: first stage + conditioning + denoiser + schedule + objective.
 
     model = LatentDiffusion(config)               # config: an LDM config (configs/*ldm*.py)
-    params = model.init_params(jax.random.key(0)) # {'unet', 'conditioner'?, 'logvar'?}
+    params = model.init_params(jax.random.key(0)) # {'network', 'conditioner'?, 'logvar'?}
     per_example, mse = model.loss(params, model.first_stage_params, batch, keys)
     images = model.sample(params, model.first_stage_params, fields, noise=..., key=...)
 
@@ -19,7 +19,6 @@ eps ~ N(0, I) -> z_t -> network(z_t [+ concat], t, context, y) -> `diffusion.los
 x0 / v target, weighting, CompVis' logvar and VLB terms).
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +30,7 @@ from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion import schedule_config
 from ldm_jax.ldm import first_stage as first_stage_lib
 from ldm_jax.ldm import modes
-from ldm_jax.models import factory
+from ldm_jax.models import networks
 
 # Keys of the random streams `loss` takes in training mode.
 TRAIN_KEYS = ("posterior", "dropout", "t", "eps", "mask", "network_dropout")
@@ -41,8 +40,9 @@ class LatentDiffusion:
   """One LDM config -> the model's pure functions (see the module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
+    self.config = config = networks.migrate_config(config)
     self.diffusion = config.diffusion
+    self.network_spec = networks.spec(config.network)
     self.first_stage, self.first_stage_params = first_stage_lib.load(config)
     self.cond = modes.create(config, self.first_stage)
     self.latent_shape = self.first_stage.latent_shape(config.data.image_size)
@@ -66,8 +66,9 @@ class LatentDiffusion:
                          "loss; set diffusion.weighting='uniform'.")
       self.vlb_table = losses.vlb_weights(self.schedule.discrete.alphas_cumprod,
                                           self.diffusion.prediction)
-    self.network = factory.build_unet(config.unet)
-    self.train_network = factory.build_unet(config.unet, deterministic=not config.unet.dropout)
+    self.network = networks.build(config.network)
+    self.train_network = networks.build(config.network,
+                                        deterministic=not self.network_spec.dropout)
     self.cached = bool(config.data.get("latent_key"))
     if self.cached:  # Encodings stored by ldm_jax/ldm/latent_cache.py.
       from ldm_jax.ldm import latent_cache  # pylint: disable=import-outside-toplevel
@@ -89,11 +90,11 @@ class LatentDiffusion:
 
   # --- parameters ----------------------------------------------------------------------------
   def init_params(self, rng):
-    """{'unet': network, 'conditioner': trained embedder (class/text), 'logvar': [T] (when
-    diffusion.learn_logvar)}."""
+    """{'network': the denoiser, 'conditioner': trained embedder (class/text), 'logvar': [T]
+    (when diffusion.learn_logvar)}."""
     k_net, k_cond = jax.random.split(rng)
-    inputs = list(factory.unet_example_inputs(self.config.unet))
-    params = {"unet": nn.unbox(self.network.init(k_net, *inputs)["params"])}
+    inputs = networks.example_inputs(self.config.network)
+    params = {"network": self.network.init(k_net, *inputs)["params"]}
     conditioner = self.cond.init(k_cond)
     if conditioner is not None:
       params["conditioner"] = conditioner
@@ -154,7 +155,7 @@ class LatentDiffusion:
     z_t, concat = inputs["z_t"], inputs["concat"]
     x = z_t if concat is None else jnp.concatenate([z_t, concat], axis=-1)
     network = self.network if dropout_key is None else self.train_network
-    out = network.apply({"params": params["unet"]}, x, inputs["time"], context, y,
+    out = network.apply({"params": params["network"]}, x, inputs["time"], context, y,
                         rngs=None if dropout_key is None else {"dropout": dropout_key})
     kw = dict(prediction=self.prediction, model_out=out, x0=inputs["z0"], eps=inputs["eps"],
               alpha=inputs["alpha"], sigma=inputs["sigma"])
@@ -182,7 +183,7 @@ class LatentDiffusion:
         jax.debug.callback(on_call, t[0])
       inputs = x if cond.get("concat") is None else jnp.concatenate(
           [x, cond["concat"].astype(x.dtype)], axis=-1)
-      out = self.network.apply({"params": params["unet"]}, inputs,
+      out = self.network.apply({"params": params["network"]}, inputs,
                                self.schedule.network_time_of_step(t), cond.get("context"),
                                cond.get("y"))
       return out.astype(jnp.float32)

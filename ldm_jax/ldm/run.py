@@ -12,6 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ldm_jax.ldm import model as model_lib
+from ldm_jax.models import networks
+
+_NEW_NAMES = {old: new for new, old in networks.LEGACY_PARAM_KEYS.items()}
 
 
 def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
@@ -40,6 +43,7 @@ def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
         config=ocp.args.JsonRestore())).config)
     if config.get("stage") != "ldm":
       raise ValueError(f"{workdir!r} holds a {config.get('stage')!r} run, not an LDM run.")
+    config = networks.migrate_config(config)  # Runs saved with `config.unet`.
     for key, value in (overrides or {}).items():
       _set(config, key, value)
     saved = manager.item_metadata(step)["state"]
@@ -50,7 +54,9 @@ def load_run(workdir: str, *, step: int | None = None, use_ema: bool = True,
         item=jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted),
         restore_args=jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
         partial_restore=True))).state
-  return model_lib.LatentDiffusion(config), state[part]["model"], config, step
+  # Runs saved before `network` existed hold the denoiser under 'unet'.
+  params = {_NEW_NAMES.get(k, k): v for k, v in state[part]["model"].items()}
+  return model_lib.LatentDiffusion(config), params, config, step
 
 
 def _set(config, dotted: str, value) -> None:

@@ -35,7 +35,7 @@ class ClassEmbedder(nn.Module):
   @nn.compact
   def __call__(self, labels):
     rows = self.num_classes + int(self.add_null_class)
-    table = nn.with_logical_partitioning(nn.initializers.normal(1.0), layers.AXES["table"])
+    table = nn.initializers.normal(1.0)
     embed = nn.Embed(rows, self.embed_dim, embedding_init=table, param_dtype=self.param_dtype,
                      name="embedding")
     return embed(jnp.asarray(labels, jnp.int32))[:, None, :]
@@ -62,7 +62,7 @@ class TextEncoder(nn.Module):
     if tokens.shape[-1] > self.max_length:
       raise ValueError(f"TextEncoder: {tokens.shape[-1]} tokens, max_length="
                        f"{self.max_length}.")
-    table = nn.with_logical_partitioning(nn.initializers.normal(0.02), layers.AXES["table"])
+    table = nn.initializers.normal(0.02)
     h = nn.Embed(self.vocab_size, self.width, embedding_init=table, name="token_emb",
                  **kw)(tokens)
     positions = self.param("pos_emb", table, (self.max_length, self.width), self.param_dtype)

@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldm_jax.nn import layers
 
 Dtype = Any
 KERNEL, PADDING, SLOPE = 4, 1, 0.2
@@ -63,12 +62,8 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     channels = x.shape[-1]
-    norm_axes = layers.AXES["norm"]
-    scale = self.param("scale", nn.with_logical_partitioning(_normal(1.0, 0.02), norm_axes),
-                       (channels,), self.param_dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                           norm_axes),
-                      (channels,), self.param_dtype)
+    scale = self.param("scale", _normal(1.0, 0.02), (channels,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
     x32 = x.astype(jnp.float32)
@@ -117,10 +112,8 @@ class NLayerDiscriminator(nn.Module):
     conv = nn.Conv(features, (KERNEL, KERNEL), strides=(stride, stride),
                    padding=[(PADDING, PADDING)] * 2, use_bias=use_bias, dtype=self.dtype,
                    param_dtype=self.param_dtype,
-                   kernel_init=nn.with_logical_partitioning(_normal(0.0, 0.02),
-                                                            layers.AXES["conv"]),
-                   bias_init=nn.with_logical_partitioning(_uniform(1 / math.sqrt(fan_in)),
-                                                          layers.AXES["bias"]),
+                   kernel_init=_normal(0.0, 0.02),
+                   bias_init=_uniform(1 / math.sqrt(fan_in)),
                    name=name)
     return conv(h)
 

@@ -1,4 +1,5 @@
-"""Flax modules from config blocks (`config.unet`, `config.autoencoder`)."""
+"""Flax modules from config blocks (`config.autoencoder`, `config.conditioner`; denoiser
+networks: models/networks.py)."""
 
 from typing import Any
 
@@ -9,13 +10,12 @@ import numpy as np
 
 from ldm_jax.models import conditioning
 from ldm_jax.models.autoencoder import AutoencoderKL
-from ldm_jax.models.unet import UNet
 from ldm_jax.models.vq import VQModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _fields(block: ml_collections.ConfigDict, cls, skip=()) -> dict[str, Any]:
+def module_fields(block: ml_collections.ConfigDict, cls, skip=()) -> dict[str, Any]:
   known = set(cls.__dataclass_fields__) - {"parent", "name"}
   values = {k: v for k, v in block.items() if k not in skip}
   unknown = sorted(set(values) - known)
@@ -33,17 +33,13 @@ def _fields(block: ml_collections.ConfigDict, cls, skip=()) -> dict[str, Any]:
   return values
 
 
-def build_unet(block: ml_collections.ConfigDict, **overrides) -> UNet:
-  return UNet(**_fields(block, UNet), **overrides)
-
-
 def build_autoencoder(block: ml_collections.ConfigDict, **overrides):
   kinds = {"kl": AutoencoderKL, "vq": VQModel}
   if block.get("type") not in kinds:
     raise ValueError(f"autoencoder.type={block.get('type')!r}: expected one of "
                      f"{sorted(kinds)}.")
   cls = kinds[block.type]
-  return cls(**_fields(block, cls, skip=("type",)), **overrides)
+  return cls(**module_fields(block, cls, skip=("type",)), **overrides)
 
 
 def build_conditioner(block: ml_collections.ConfigDict, **overrides):
@@ -53,20 +49,11 @@ def build_conditioner(block: ml_collections.ConfigDict, **overrides):
     raise ValueError(f"conditioner.type={block.get('type')!r}: expected one of "
                      f"{sorted(kinds)}.")
   cls = kinds[block.type]
-  return cls(**_fields(block, cls, skip=("type",)), **overrides)
+  return cls(**module_fields(block, cls, skip=("type",)), **overrides)
 
 
 def conditioner_example_inputs(block: ml_collections.ConfigDict) -> tuple:
   return (np.zeros((1,) if block.type == "class" else (1, block.max_length), np.int32),)
-
-
-def unet_example_inputs(block: ml_collections.ConfigDict) -> tuple:
-  """Smallest (x, t, context, y) the UNet accepts: enough to trace its parameter shapes."""
-  side = 2 ** (len(block.channel_mult) - 1)
-  x = np.zeros((1, side, side, block.in_channels), np.float32)
-  context = np.zeros((1, 1, block.context_dim), np.float32) if block.context_dim else None
-  y = np.zeros((1,), np.int32) if block.num_classes else None
-  return x, np.zeros((1,), np.float32), context, y
 
 
 def autoencoder_example_inputs(block: ml_collections.ConfigDict) -> tuple:

@@ -95,8 +95,7 @@ class UNet(nn.Module):
     emb = layers.timestep_embedding(t, self.model_channels).astype(self.dtype)
     emb = layers.TimestepMLP(4 * self.model_channels, name="time_embedding", **kw)(emb)
     if self.num_classes is not None:
-      table = nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                           layers.AXES["table"])
+      table = nn.initializers.normal(1.0)
       emb = emb + nn.Embed(self.num_classes, 4 * self.model_channels, embedding_init=table,
                            name="class_embedding", **kw)(y)
 

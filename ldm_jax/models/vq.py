@@ -30,8 +30,7 @@ class VectorQuantizer(nn.Module):
     bound = 1.0 / self.num_embeddings  # LDM/taming's uniform(-1/n, 1/n) initialisation.
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
     self.embedding = nn.Embed(self.num_embeddings, self.embed_dim,
-                              embedding_init=nn.with_logical_partitioning(
-                                  init, layers.AXES["table"]),
+                              embedding_init=init,
                               param_dtype=self.param_dtype)
 
   def codebook(self) -> jax.Array:

@@ -1,9 +1,10 @@
 """Convolutions, float32 GroupNorm, ResBlock, up/downsampling and timestep embeddings.
 
 Submodule names follow diffusers' module names (`conv1`, `time_emb_proj`, `conv_shortcut`,
-...) so that PyTorch checkpoints map onto our parameter trees by name. Every parameter carries
-logical axis names (`ldm_jax.nn.layers.AXES`) for sharding; `dtype` is the compute dtype,
-`param_dtype` the storage dtype of parameters.
+...) so that PyTorch checkpoints map onto our parameter trees by name. `dtype` is the compute
+dtype, `param_dtype` the storage dtype of parameters. Parameters carry no sharding names:
+ldm_jax/parallel/sharding.py shards every array by its shape (the same rule for parameters,
+optimiser moments and EMA copies).
 """
 
 import math
@@ -15,26 +16,12 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# Logical axis names of parameters; the training engine maps them onto mesh axes.
-AXES = {
-    "conv": (None, None, "embed", "mlp"),  # kernel (kh, kw, in, out)
-    "dense": ("embed", "mlp"),  # kernel (in, out)
-    "bias": ("mlp",),
-    "norm": ("norm",),
-    "table": ("vocab", "embed"),  # embedding tables (rows, features)
-}
-
 # PyTorch's default initialisation of Conv2d / Linear weights (kaiming_uniform, a=sqrt(5)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _init(kind: str, zero: bool = False):
-  base = nn.initializers.zeros_init() if zero else torch_default_init
-  return nn.with_logical_partitioning(base, AXES[kind])
-
-
-def _bias_init():
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), AXES["bias"])
+def _init(zero: bool = False):
+  return nn.initializers.zeros_init() if zero else torch_default_init
 
 
 def conv(features: int, *, kernel: int = 3, stride: int = 1, padding: Any = None,
@@ -44,15 +31,16 @@ def conv(features: int, *, kernel: int = 3, stride: int = 1, padding: Any = None
   if padding is None:
     padding = [(kernel // 2, kernel // 2)] * 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=param_dtype, kernel_init=_init("conv", zero_init),
-                 bias_init=_bias_init(), name=name)
+                 dtype=dtype, param_dtype=param_dtype, kernel_init=_init(zero_init),
+                 bias_init=nn.initializers.zeros_init(), name=name)
 
 
 def dense(features: int, *, use_bias: bool = True, zero_init: bool = False,
           dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
           name: str | None = None) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=_init("dense", zero_init), bias_init=_bias_init(), name=name)
+                  kernel_init=_init(zero_init), bias_init=nn.initializers.zeros_init(),
+                  name=name)
 
 
 class GroupNorm(nn.Module):
@@ -68,12 +56,8 @@ class GroupNorm(nn.Module):
     if channels % self.groups:
       raise ValueError(f"GroupNorm: {channels} channels are not divisible into "
                        f"{self.groups} groups.")
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                             AXES["norm"]),
-                       (channels,), self.param_dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                           AXES["norm"]),
-                      (channels,), self.param_dtype)
+    scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
     x32 = x.astype(jnp.float32)
     grouped = x32.reshape(*x.shape[:-1], self.groups, channels // self.groups)
     axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)

@@ -51,10 +51,10 @@ def _choices(count: int, num_samples, default=None):
 
 def _check_side(sampler, image_side: int, name: str) -> int:
   down = sampler.model.first_stage.downsample
-  multiple = 2 ** (len(sampler.config.unet.channel_mult) - 1)
+  multiple = sampler.model.network_spec.size_multiple
   if image_side % (down * multiple):
     raise ValueError(f"{name}: the output would be {image_side} px, which must be a multiple "
-                     f"of {down * multiple} (autoencoder f={down} x the UNet's "
+                     f"of {down * multiple} (autoencoder f={down} x the network's "
                      f"{multiple}x downsampling).")
   return image_side // down
 

@@ -36,6 +36,7 @@ from ldm_jax.diffusion import samplers
 from ldm_jax.ldm import first_stage as first_stage_lib
 from ldm_jax.ldm import model as model_lib
 from ldm_jax.ldm import run
+from ldm_jax.models import networks
 from ldm_jax.sampling import inputs as inputs_lib
 
 _NOISE_STREAM = 2**31 - 1  # fold_in(seed, this): the per-batch noise of stochastic samplers.
@@ -92,7 +93,7 @@ def _load_export(directory: str, config, devices):
         f"{directory}/config.json is not an LDM config (stage={config.get('stage')!r}): "
         f"convert with one (e.g. --config=configs/ldm_cin256.py) or pass config=.")
   parts = set(os.listdir(directory))
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = networks.migrate_config(ml_collections.ConfigDict(config.to_dict()))
   if "autoencoder" in parts:
     config.first_stage.update(source="export", path=directory)
   elif config.first_stage.source != "pixels":
@@ -101,11 +102,13 @@ def _load_export(directory: str, config, devices):
   model = model_lib.LatentDiffusion(config)
   expected = model.param_shapes()
   params = {}
-  for part in ("unet", "conditioner"):
+  for part in ("network", "conditioner"):
     if part not in expected:
       continue
-    params[part] = export.read(directory, part)
-    first_stage_lib.check_shapes(expected[part], params[part], directory, part)
+    # Directories converted before `network` existed hold the UNet under unet/.
+    folder = part if part in parts else networks.LEGACY_PARAM_KEYS.get(part, part)
+    params[part] = export.read(directory, folder)
+    first_stage_lib.check_shapes(expected[part], params[part], directory, folder)
   return Sampler(model, params, config, step=None, source=directory, devices=devices)
 
 

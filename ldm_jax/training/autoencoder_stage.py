@@ -12,7 +12,6 @@ only `conv_out` is differentiated, so this costs one LPIPS and one discriminator
 second autoencoder backward.
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -73,12 +72,12 @@ class AutoencoderStage:
   def _init_params(self, rng):
     """(params, discriminator batch statistics) of a new run."""
     k_ae, k_sample, k_disc = jax.random.split(rng, 3)
-    ae = nn.unbox(self.model.init({"params": k_ae, "sample": k_sample}, self._example)[
-        "params"])
+    ae = self.model.init({"params": k_ae, "sample": k_sample}, self._example)[
+        "params"]
     disc = self.disc.init(k_disc, self._example, train=False)
     params = {"generator": {"autoencoder": ae,
                             "logvar": jnp.full((), self.loss.logvar_init, jnp.float32)},
-              "discriminator": nn.unbox(disc["params"])}
+              "discriminator": disc["params"]}
     return params, disc["batch_stats"]
 
   def init_state(self, rng) -> TrainState:

@@ -18,6 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ldm_jax.data.pipeline import DataIterator
+from ldm_jax.models import networks
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
@@ -75,7 +76,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: DataIterato
 
 # Blocks and fields that fix the structure of the saved state: a run cannot resume with
 # others (the LDM stage's conditioner, label table and log-variance depend on these fields).
-STRUCTURAL_BLOCKS = ("stage", "autoencoder", "unet", "conditioner", "conditioning.type",
+STRUCTURAL_BLOCKS = ("stage", "autoencoder", "network", "conditioner", "conditioning.type",
                      "conditioning.class_input", "conditioning.num_classes",
                      "diffusion.learn_logvar", "diffusion.num_timesteps")
 
@@ -114,6 +115,7 @@ def check_resumable(manager: ocp.CheckpointManager, config: ml_collections.Confi
     saved = saved_config(manager, step)
   except Exception:  # pylint: disable=broad-except
     return  # An unreadable step: restore_latest reports it.
+  saved = _migrated(saved)
   current = json.loads(config.to_json_best_effort())
   differing = [k for k in STRUCTURAL_BLOCKS + OPTIMIZER_FIELDS + tuple(_PRESENCE_FIELDS)
                if _get(saved, k) != _get(current, k)]
@@ -134,9 +136,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: Dat
   steps = sorted(manager.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     try:
+      legacy = _is_legacy(manager, step)
+      target = _renamed(abstract_state, networks.LEGACY_PARAM_KEYS) if legacy else \
+          abstract_state
       restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=DataIteratorRestore(iterator)))
+          state=ocp.args.StandardRestore(target), data=DataIteratorRestore(iterator)))
     except Exception as e:  # pylint: disable=broad-except
       older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "none left to try"
       logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); %s. It is kept "
@@ -144,8 +148,44 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: Dat
                       str(e)[:500], older, step)
       _set_aside(manager, step)
       continue
-    return restored.state, step
+    state = restored.state
+    if legacy:
+      logging.info("Step %d was saved with the old parameter names %s; renamed on restore "
+                   "(new saves use the new ones).", step, sorted(networks.LEGACY_PARAM_KEYS.values()))
+      state = _renamed(state, {old: new for new, old in networks.LEGACY_PARAM_KEYS.items()})
+    return state, step
   return None, None
+
+
+def _migrated(saved: dict) -> dict:
+  """A saved config (JSON dict) in today's layout (`unet` -> `network`)."""
+  if "unet" not in saved:
+    return saved
+  config = networks.migrate_config(ml_collections.ConfigDict(saved))
+  return json.loads(config.to_json_best_effort())
+
+
+def _is_legacy(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether `step` was saved before `config.network` (its parameters under 'unet')."""
+  try:
+    return "unet" in saved_config(manager, step)
+  except Exception:  # pylint: disable=broad-except
+    return False  # No readable config: the state restore reports the step.
+
+
+def _renamed(tree, names: dict[str, str]):
+  """`tree` with every dict key in `names` renamed, through the dataclasses (TrainState)
+  and named tuples (optax states) around them."""
+  if isinstance(tree, dict):
+    return {names.get(k, k): _renamed(v, names) for k, v in tree.items()}
+  if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+    return dataclasses.replace(tree, **{f.name: _renamed(getattr(tree, f.name), names)
+                                        for f in dataclasses.fields(tree) if f.init})
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    return type(tree)(*(_renamed(v, names) for v in tree))
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_renamed(v, names) for v in tree)
+  return tree
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:

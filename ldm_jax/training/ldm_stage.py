@@ -1,7 +1,7 @@
 """Stage two: training a latent diffusion model (ldm_jax/ldm/model.py) on a frozen first stage.
 
 The model gives the objective, sampling and parameter layout; this stage adds what training
-needs around it: one optimiser over `params['model'] = {'unet', 'conditioner' (class/text
+needs around it: one optimiser over `params['model'] = {'network', 'conditioner' (class/text
 embedders, trained jointly), 'logvar' (when diffusion.learn_logvar)}`, the EMA (float32,
 CompVis LitEma warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update), the
 non-finite guard, metrics and sample grids. The frozen autoencoder's parameters are a jit

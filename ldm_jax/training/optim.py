@@ -33,7 +33,7 @@ def learning_rate_schedule(block: ml_collections.ConfigDict, num_steps: int):
 
 
 def parameter_path(path) -> str:
-  """A tree path as the '/'-joined names `frozen` patterns match: 'unet/down_blocks_0/...'.
+  """A tree path as the '/'-joined names `frozen` patterns match: 'network/down_blocks_0/...'.
 
   Module names may hold '/' themselves, so labels are built on the tree's own paths, never
   by splitting such a string back into a tree.

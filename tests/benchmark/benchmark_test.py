@@ -111,16 +111,17 @@ def test_full_size_points_build_the_published_architectures(point):
   """Traced, not run: Stable Diffusion v1's UNet has 859,520,964 parameters and its VAE
   83,653,863 (the published diffusers models' counts)."""
   from ldm_jax.models import factory  # pylint: disable=import-outside-toplevel
+  from ldm_jax.models import networks  # pylint: disable=import-outside-toplevel
   config = run.apply_settings(_config(f"point={point}"))
-  block = config.autoencoder if point == "kl_f8" else config.unet
+  block = config.autoencoder if point == "kl_f8" else config.network
   assert block.dtype == "bfloat16"  # The benchmark's compute dtype, set on the model.
   if point == "kl_f8":
     model = factory.build_autoencoder(config.autoencoder)
     inputs = factory.autoencoder_example_inputs(config.autoencoder)
     expected = 83_653_863
   else:
-    model = factory.build_unet(config.unet)
-    inputs = factory.unet_example_inputs(config.unet)
+    model = networks.build(config.network)
+    inputs = networks.example_inputs(config.network)
     expected = 859_520_964 if point == "sd_unet_256" else None
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))

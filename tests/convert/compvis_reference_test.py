@@ -16,6 +16,7 @@ from configs import architectures
 from ldm_jax.convert import compvis
 from ldm_jax.convert import load
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 from tests import references
 from tests import torch_reference as ref
 
@@ -76,7 +77,7 @@ def test_unet_checkpoint_from_compvis_code(name, tmp_path):
                       context=None if context is None else
                       [torch.from_numpy(context)] * block.transformer_depth,
                       y=None if y is None else torch.from_numpy(y))
-  out = factory.build_unet(block).apply({"params": params}, x, t, context, y)
+  out = networks.build(block).apply({"params": params}, x, t, context, y)
   error = ref.relative_error(out, ref.nhwc(expected))
   print(f"CompVis UNet[{name}] relative error {error:.2e}")
   assert error <= TOLERANCE

@@ -13,6 +13,7 @@ from ldm_jax.convert import export
 from ldm_jax.convert import load
 from ldm_jax.convert import torch_weights
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 from ldm_jax.convert import diffusers_configs
 from tests import references
 from tests import torch_reference as ref
@@ -89,12 +90,12 @@ def test_autoencoder_names_agree_with_diffusers_converter(name):
 
 
 def _unet_output(block, params, seed=0):
-  x, t, context, _ = factory.unet_example_inputs(block)
+  x, t, context, _ = networks.example_inputs(block)
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((2, 8, 8, block.in_channels)).astype(np.float32)
   context = rng.standard_normal((2, 3, block.context_dim)).astype(np.float32)
   t = np.array([5, 600], np.int32)
-  return factory.build_unet(block).apply({"params": params}, x, t, context), (x, t, context)
+  return networks.build(block).apply({"params": params}, x, t, context), (x, t, context)
 
 
 @pytest.mark.parity

@@ -3,13 +3,13 @@
 diffusers' models are built on torch's 'meta' device: shapes without memory.
 """
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from configs import architectures
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 from ldm_jax.convert import diffusers_configs
 from tests import references
 
@@ -21,7 +21,7 @@ def _ours(model, *args):
   shapes = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "sample": jax.random.key(1)}, *args))
   return sum(int(np.prod(x.shape))
-             for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes["params"])))
+             for x in jax.tree_util.tree_leaves(shapes["params"]))
 
 
 def _theirs(cls, **kwargs):
@@ -40,7 +40,7 @@ def _unet_args(c):
 @pytest.mark.parametrize("name", sorted(architectures.UNETS))
 def test_unet_parameter_count_equals_diffusers(name):
   c = architectures.UNETS[name]()
-  ours = _ours(factory.build_unet(c), *_unet_args(c))
+  ours = _ours(networks.build(c), *_unet_args(c))
   if c.use_spatial_transformer:
     theirs = _theirs(diffusers.UNet2DConditionModel,
                      **diffusers_configs.unet_condition_kwargs(c.to_dict()))
@@ -76,11 +76,11 @@ def test_factory_errors():
   c.unlock()
   c.channel_multt = (1,)
   with pytest.raises(ValueError, match=r"UNet has no setting\(s\) \['channel_multt'\]"):
-    factory.build_unet(c)
+    networks.build(c)
 
 
 def test_architectures_as_config_file():
-  assert set(architectures.get_config("sd_v1_unet")) == {"unet"}
+  assert set(architectures.get_config("sd_v1_unet")) == {"network"}
   assert set(architectures.get_config("vq_f4")) == {"autoencoder"}
   assert set(architectures.get_config("ldm_cin256_v2_class_embedder")) == {"conditioner"}
   with pytest.raises(ValueError, match="architectures.py:sd_v3_unet: choose one of"):
@@ -90,8 +90,8 @@ def test_architectures_as_config_file():
 def test_execution_settings_reach_the_module():
   c = architectures.sd_v1_unet()
   c.dtype, c.attention_impl, c.remat = "bfloat16", "cudnn", True
-  unet = factory.build_unet(c)
+  unet = networks.build(c)
   assert (unet.dtype, unet.attention_impl, unet.remat) == (jax.numpy.bfloat16, "cudnn", True)
   c.dtype = "float8"
   with pytest.raises(ValueError, match="dtype='float8'"):
-    factory.build_unet(c)
+    networks.build(c)

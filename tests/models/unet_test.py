@@ -1,6 +1,5 @@
-"""UNet properties that need no reference: dtypes, remat, logical axes, input checks."""
+"""UNet properties that need no reference: dtypes, remat, input checks."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +27,7 @@ def params():
   rng = np.random.default_rng(1)
   return jax.tree_util.tree_map(
       lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]) or 1)).astype(
-          np.float32), nn.meta.unbox(shapes["params"]))
+          np.float32), shapes["params"])
 
 
 def test_bfloat16_compute_keeps_float32_params(params):
@@ -53,17 +52,6 @@ def test_remat_changes_nothing_but_memory(params):
   largest = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(plain))
   for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * largest)
-
-
-def test_every_parameter_has_logical_axis_names():
-  x, t, context = _inputs()
-  boxed = jax.eval_shape(lambda: UNet(**SMALL).init(jax.random.key(0), x, t, context))
-  specs = nn.get_partition_spec(boxed)["params"]
-  leaves = jax.tree_util.tree_leaves(
-      specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
-  assert leaves and all(isinstance(s, jax.sharding.PartitionSpec) for s in leaves)
-  flat = nn.meta.unbox(boxed)["params"]
-  assert len(leaves) == len(jax.tree_util.tree_leaves(flat))
 
 
 @pytest.mark.parametrize("bad,message", [

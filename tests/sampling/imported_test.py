@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.parity]
 
 def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path, monkeypatch):
   config = ldm_cin256.get_config("tiny")  # Class tokens through cross-attention, KL f=2.
-  unet_block, vae_block = config.unet, config.autoencoder
+  unet_block, vae_block = config.network, config.autoencoder
   unet = diffusers.UNet2DConditionModel(
       **diffusers_configs.unet_condition_kwargs(unet_block.to_dict()))
   vae = diffusers.AutoencoderKL(latent_channels=vae_block.z_channels,
@@ -59,7 +59,7 @@ def test_converted_compvis_checkpoint_samples_like_diffusers(tmp_path, monkeypat
   read_file = files.read_file
   monkeypatch.setattr(files, "read_file", lambda path: reads.append(path) or read_file(path))
   parts, resolved = load.import_parts(str(checkpoint), ldm_cin256.get_config("tiny"))
-  assert reads == [str(checkpoint)] and sorted(parts) == ["autoencoder", "conditioner", "unet"]
+  assert reads == [str(checkpoint)] and sorted(parts) == ["autoencoder", "conditioner", "network"]
   assert resolved.first_stage.scale_factor == pytest.approx(scale)
   for name, params in parts.items():
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(export.read(str(out), name))):

@@ -136,8 +136,9 @@ def test_semantic_map(tiny_run):
 
 
 def test_converted_directory_samples_like_the_run(class_model, tmp_path):
-  """A directory in `python -m ldm_jax.convert`'s layout (unet, autoencoder, config.json with
-  the LDM config) gives the run's images."""
+  """A directory in `python -m ldm_jax.convert`'s layout (network, autoencoder, config.json
+  with the LDM config) gives the run's images, and so does one in the layout written before
+  `config.network` (unet/ and a `unet` config block without a type)."""
   from ldm_jax.convert import export  # pylint: disable=import-outside-toplevel
   model = class_model.model
   config = class_model.config.copy_and_resolve_references()
@@ -145,9 +146,20 @@ def test_converted_directory_samples_like_the_run(class_model, tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   params = jax.tree.map(np.asarray, class_model._params)  # pylint: disable=protected-access
   export.write(str(tmp_path / "converted"), {
-      "unet": params["unet"], "autoencoder": model.first_stage_params}, config)
+      "network": params["network"], "autoencoder": model.first_stage_params}, config)
   converted = sampler_lib.load(checkpoint=str(tmp_path / "converted"))
   kw = dict(num_samples=8, class_label=4, seed=3)
-  np.testing.assert_array_equal(converted.sample(**kw).images, class_model.sample(**kw).images)
+  expected = class_model.sample(**kw).images
+  np.testing.assert_array_equal(converted.sample(**kw).images, expected)
+  legacy = config.copy_and_resolve_references()
+  with legacy.unlocked():
+    legacy.unet = legacy.network.copy_and_resolve_references()
+    del legacy.unet["type"]
+    del legacy["network"]
+  export.write(str(tmp_path / "legacy"), {
+      "unet": params["network"], "autoencoder": model.first_stage_params}, legacy)
+  old = sampler_lib.load(checkpoint=str(tmp_path / "legacy"))
+  assert old.config.network.type == "unet" and "unet" not in old.config
+  np.testing.assert_array_equal(old.sample(**kw).images, expected)
   with pytest.raises(ValueError, match="exactly one of workdir"):
     sampler_lib.load(str(tmp_path), checkpoint=str(tmp_path))

@@ -43,11 +43,11 @@ def test_ldm_f_sweep_blocks_agree(f):
   config = _load(f"ldm_cin256:f={f}")
   if f == 1:
     assert config.first_stage.source == "pixels" and config.autoencoder is None
-    assert config.unet.in_channels == 3
+    assert config.network.in_channels == 3
     return
   ae = config.autoencoder
   assert 2 ** (len(ae.ch_mult) - 1) == f
-  assert config.unet.in_channels == config.unet.out_channels == ae.embed_dim
+  assert config.network.in_channels == config.network.out_channels == ae.embed_dim
 
 
 def test_unknown_variants_are_refused():

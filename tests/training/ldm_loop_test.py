@@ -80,7 +80,7 @@ def test_ldm_run_keeps_a_frozen_group_bit_identical(data_dir, tmp_path):
   config = digits_ldm.get_config("tiny")
   config.data.data_dir = data_dir
   config.num_steps = 3
-  frozen = ("unet/time_embedding/", "unet/down_blocks_0/resnets_0/")
+  frozen = ("network/time_embedding/", "network/down_blocks_0/resnets_0/")
   config.optimizer.frozen = tuple(f"^{p}" for p in frozen)
   # Without warm-up (a zero rate at step 0) every other parameter moves within 3 steps.
   config.optimizer.warmup_steps = 0
@@ -115,7 +115,7 @@ def test_first_stage_from_an_autoencoder_run_and_from_converted_weights(data_dir
   config = digits_ldm.get_config("tiny")
   config.autoencoder = None  # Taken from the run's saved config.
   config.first_stage.update(source="workdir", path=str(tmp_path / "ae"))
-  config.unet.in_channels = config.unet.out_channels = ae_config.autoencoder.embed_dim
+  config.network.in_channels = config.network.out_channels = ae_config.autoencoder.embed_dim
   stage = stages.create(config)
   assert stage.first_stage.scale_factor == pytest.approx(final["scale_factor"])
   assert stage.first_stage.downsample == 2 and stage.first_stage.kind == "kl"

@@ -67,7 +67,7 @@ def test_ema_update_matches_hand_computation(two_steps):
 
 def test_first_stage_is_frozen_and_outside_the_state(two_steps):
   stage, _, _, state2, before, _ = two_steps
-  assert set(state2.params["model"]) == {"unet", "conditioner"}
+  assert set(state2.params["model"]) == {"network", "conditioner"}
   assert set(state2.opt_state) == {"model"}
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(stage.constants["first_stage"])):
     np.testing.assert_array_equal(a, np.asarray(b))  # Unchanged, and not donated.
@@ -94,7 +94,7 @@ def test_condition_dropout_rate_and_null_conditions(class_stage):
 
 def test_label_embedding_null_class():
   stage = _stage("tiny,class_input=embedding")
-  assert stage.cond.module is None and stage.config.unet.num_classes == 11
+  assert stage.cond.module is None and stage.config.network.num_classes == 11
   context, y = stage.cond.context_and_labels(None, {"label": jnp.asarray([4, 5])},
                                              jnp.asarray([0.0, 1.0]))
   assert context is None
@@ -127,12 +127,12 @@ def test_box_masks_and_area_resize():
 @pytest.mark.parametrize("kind", ["low_res", "inpainting", "semantic", "image"])
 def test_concat_conditions_and_their_dropout(kind):
   """Each concatenation mode: the right channels at latent size, zeros when dropped."""
-  overrides = {"conditioning.type": kind, "conditioning.dropout": 0.5, "unet.in_channels": 4,
+  overrides = {"conditioning.type": kind, "conditioning.dropout": 0.5, "network.in_channels": 4,
                "conditioning.num_semantic_classes": 3, "conditioning.key": "cond",
-               "conditioner": None, "unet.context_dim": None, "data.label_key": None}
+               "conditioner": None, "network.context_dim": None, "data.label_key": None}
   latent, pixels = 4, 1
   extra = {"low_res": pixels, "inpainting": latent + 1, "semantic": 3, "image": latent}[kind]
-  overrides["unet.in_channels"] = latent + extra
+  overrides["network.in_channels"] = latent + extra
   if kind == "low_res":  # Bicubic downsampling of the image in the step (no key).
     overrides["conditioning.key"] = None
   stage = _stage("tiny,cond=none", **overrides)
@@ -159,14 +159,14 @@ def test_concat_conditions_and_their_dropout(kind):
 
 
 def test_config_errors():
-  with pytest.raises(ValueError, match=r"unet.in_channels=5.*expected 4 \(4 latent"):
-    _stage(**{"unet.in_channels": 5})
+  with pytest.raises(ValueError, match=r"network.in_channels=5.*expected 4 \(4 latent"):
+    _stage(**{"network.in_channels": 5})
   with pytest.raises(ValueError, match="conditioning.type='colour'"):
     _stage(**{"conditioning.type": "colour"})
   with pytest.raises(ValueError, match="needs a null class"):
     _stage(**{"conditioner.add_null_class": False})
-  with pytest.raises(ValueError, match="unet.context_dim=16: expected the conditioner's"):
-    _stage(**{"unet.context_dim": 16})
+  with pytest.raises(ValueError, match="network.context_dim=16: expected the conditioner's"):
+    _stage(**{"network.context_dim": 16})
   with pytest.raises(ValueError, match="first_stage.source='cloud'"):
     _stage(**{"first_stage.source": "cloud"})
   with pytest.raises(ValueError, match="diffusion.prediction='score'"):
@@ -179,7 +179,7 @@ def test_config_errors():
 
 
 def test_bf16_compute_with_remat_keeps_float32_parameters_and_ema():
-  stage = _stage(**{"unet.dtype": "bfloat16", "unet.remat": True})
+  stage = _stage(**{"network.dtype": "bfloat16", "network.remat": True})
   state = stage.init_state(jax.random.key(0))
   state, metrics = jax.jit(stage.train_step)(state, _batch(stage), stage.constants)
   assert bool(metrics["finite"])

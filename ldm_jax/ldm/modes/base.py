@@ -18,13 +18,13 @@ Explicit fields are what both training and sampling hand to `network_inputs`: `l
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ldm_jax.models import factory
+from ldm_jax.models import networks
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ class Mode:
     self.concat_channels = 0
     self.image_channels = first_stage.image_channels
     self.setup(config)
-    self._check_network(config.unet)
+    self._check_network(networks.spec(config.network))
 
   def setup(self, config) -> None:
     """The mode's own checks and settings (runs before the network checks)."""
@@ -122,23 +122,29 @@ class Mode:
     """Entries the network's label embedding needs (None: it takes no labels)."""
     return None
 
-  def _check_network(self, unet) -> None:
+  def _check_network(self, spec) -> None:
+    """The network (its networks.Spec) takes what this mode gives it."""
     if self.module is not None:
-      if unet.context_dim != self.context_width:
-        raise ValueError(f"unet.context_dim={unet.context_dim}: expected the conditioner's "
-                         f"width {self.context_width}.")
-    elif unet.context_dim is not None and unet.use_spatial_transformer:
-      raise ValueError(f"unet.context_dim={unet.context_dim} but conditioning.type="
-                       f"{self.NAME!r} gives no context: set unet.context_dim=None.")
-    if self.label_classes is None and unet.num_classes is not None:
-      raise ValueError(f"unet.num_classes={unet.num_classes} needs conditioning.type="
-                       f"'class' with class_input='embedding'.")
+      if spec.context_dim != self.context_width:
+        raise ValueError(f"network.context_dim={spec.context_dim}: expected the "
+                         f"conditioner's width {self.context_width} (a {spec.type} that "
+                         f"attends to context).")
+    elif spec.context_dim is not None:
+      raise ValueError(f"network.context_dim={spec.context_dim} but conditioning.type="
+                       f"{self.NAME!r} gives no context: set network.context_dim=None.")
+    if spec.num_classes != self.label_classes:
+      if self.label_classes is None:
+        raise ValueError(f"network.num_classes={spec.num_classes} needs conditioning.type="
+                         f"'class' with class_input='embedding'.")
+      raise ValueError(
+          f"network.num_classes={spec.num_classes}: expected {self.label_classes} "
+          f"(conditioning.num_classes{' + 1 null class for dropout' if self.dropout else ''}).")
     latent = self.first_stage.channels
     want_in = latent + self.concat_channels
-    if unet.in_channels != want_in or unet.out_channels != latent:
+    if spec.in_channels != want_in or spec.out_channels != latent:
       raise ValueError(
-          f"unet.in_channels={unet.in_channels}, out_channels={unet.out_channels}: expected "
-          f"{want_in} ({latent} latent channels + {self.concat_channels} "
+          f"network.in_channels={spec.in_channels}, out_channels={spec.out_channels}: "
+          f"expected {want_in} ({latent} latent channels + {self.concat_channels} "
           f"concatenated for conditioning.type={self.NAME!r}) and {latent}.")
 
   # --- training --------------------------------------------------------------------------
@@ -156,7 +162,7 @@ class Mode:
     """The trained conditioner's parameters, or None."""
     if self.module is None:
       return None
-    return nn.unbox(self.module.init(rng, *self._conditioner_inputs)["params"])
+    return self.module.init(rng, *self._conditioner_inputs)["params"]
 
   def keep_flags(self, key, batch_size: int):
     """Per-example 1.0 (keep the condition) / 0.0 (drop it), P(drop) = dropout."""

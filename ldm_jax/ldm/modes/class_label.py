@@ -35,12 +35,6 @@ class ClassLabel(base.Mode):
       if self.dropout and not config.conditioner.add_null_class:
         raise ValueError("conditioning.dropout > 0 needs a null class: set "
                          "conditioner.add_null_class=True.")
-    else:
-      want = self.label_classes
-      if config.unet.num_classes != want:
-        raise ValueError(
-            f"unet.num_classes={config.unet.num_classes}: expected {want} (conditioning."
-            f"num_classes{' + 1 null class for dropout' if self.dropout else ''}).")
 
   @property
   def label_classes(self):
