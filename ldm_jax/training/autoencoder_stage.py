@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
@@ -213,8 +214,8 @@ class AutoencoderStage:
                    "l1": jnp.abs(x - recon).mean(axis=(1, 2, 3))}
     if self.loss.perceptual_weight:
       per_example["lpips"] = self._perceptual(consts, x, recon)
-    sums = {k: (v * mask).sum() for k, v in per_example.items()}
-    return {**sums, "count": mask.sum()}
+    return {k: clu_metrics.Average.from_model_output(v, mask=mask > 0)
+            for k, v in per_example.items()}
 
   def image_grids(self, state: TrainState, batch):
     x = batch["image"]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from ldm_jax import visualize
@@ -108,9 +109,9 @@ class LdmStage:
     keys = {k: jax.random.fold_in(key, i) for i, k in enumerate(("eps", "mask"))}
     per_example, mse, _ = self.model.loss(self.sampling_params(state),
                                           consts.get("first_stage"), batch, keys, train=False)
-    mask = batch["mask"].astype(jnp.float32)
-    return {"loss": (per_example * mask).sum(), "mse": (mse * mask).sum(),
-            "count": mask.sum()}
+    keep = batch["mask"] > 0  # Padding examples of the last batch count for nothing.
+    return {"loss": clu_metrics.Average.from_model_output(per_example, mask=keep),
+            "mse": clu_metrics.Average.from_model_output(mse, mask=keep)}
 
   # --- samples -----------------------------------------------------------------------------
   def sample_images_fn(self):

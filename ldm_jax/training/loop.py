@@ -47,7 +47,7 @@ def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
   """Averages the stage's per-example eval metrics over the whole eval split; None when
   `abandon()` turned true on the way (nothing is written then)."""
   iterator = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=False)
-  totals, count, first_batch = {}, 0.0, None
+  totals, first_batch = {}, None
   max_batches = max_batches or config.get("eval_batches")
   for i, batch in enumerate(iterator):
     if max_batches and i >= max_batches:
@@ -57,11 +57,9 @@ def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
       return None
     batch = stage.prepare(batch, mesh, ("mask",))
     first_batch = first_batch or batch
-    sums = jax.device_get(eval_step(state, batch))
-    count += float(sums.pop("count"))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  results = {f"eval/{k}": v / max(count, 1.0) for k, v in totals.items()}
+    averages = jax.device_get(eval_step(state, batch))  # {name: clu metrics.Average}
+    totals = {k: totals[k].merge(v) if k in totals else v for k, v in averages.items()}
+  results = {f"eval/{k}": float(v.compute()) for k, v in totals.items()}
   if writer is not None:
     writer.write_scalars(step, results)
     if first_batch is not None:

@@ -135,3 +135,36 @@ def test_config_errors(data_dir, tmp_path):
   config = _config("autoencoder_kl_f4", data_dir, **{"loss.perceptual_weight": 1.0})
   with pytest.raises(ValueError, match="needs LPIPS weights.*lpips_convert"):
     loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_evaluate_averages_over_the_real_examples_of_the_whole_split(data_dir):
+  """clu Averages merged over every eval batch: the padding of the last batch counts for
+  nothing (the digits eval split is not a multiple of the batch size)."""
+  from clu import metrics as clu_metrics  # pylint: disable=import-outside-toplevel
+  from ldm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from ldm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
+  config = _config("digits_autoencoder", data_dir, eval_batches=None,
+                   **{"data.batch_size": 48})
+
+  class Brightness:
+    def prepare(self, batch, mesh, extra):
+      del mesh
+      return {k: batch[k] for k in ("image",) + tuple(extra)}
+
+  def eval_step(state, batch):
+    del state
+    return {"brightness": clu_metrics.Average.from_model_output(
+        batch["image"].mean(axis=(1, 2, 3)), mask=batch["mask"] > 0)}
+
+  mesh = sharding.create_mesh(config.mesh)
+  results = loop.evaluate(Brightness(), None, config, mesh, jax.jit(eval_step))
+  values, padded = [], 0
+  for batch in pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh,
+                                        train=False):
+    keep = np.asarray(batch["mask"]) > 0
+    values.append(np.asarray(batch["image"]).mean(axis=(1, 2, 3))[keep])
+    padded += int((~keep).sum())
+  assert padded > 0, len(values)
+  values = np.concatenate(values)
+  np.testing.assert_allclose(results["eval/brightness"], values.astype(np.float64).mean(),
+                             rtol=1e-5)
