@@ -16,9 +16,9 @@ EXECUTION = dict(dtype="float32", param_dtype="float32", remat=False, attention_
 
 def _unet(**kw) -> ml_collections.ConfigDict:
   base = dict(type="unet", in_channels=4, out_channels=4, model_channels=320,
-              channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8,
-              num_head_channels=-1, use_spatial_transformer=True, transformer_depth=1,
-              context_dim=768, linear_projection=False, num_classes=None,
+              channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2, 1),
+              num_heads=8, num_head_channels=-1, use_spatial_transformer=True,
+              transformer_depth=1, context_dim=768, linear_projection=False, num_classes=None,
               scale_shift=False, dropout=0.0, **EXECUTION)
   base.update(kw)
   return ml_collections.ConfigDict(base)

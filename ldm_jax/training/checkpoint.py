@@ -151,7 +151,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: Dat
     state = restored.state
     if legacy:
       logging.info("Step %d was saved with the old parameter names %s; renamed on restore "
-                   "(new saves use the new ones).", step, sorted(networks.LEGACY_PARAM_KEYS.values()))
+                   "(new saves use the new ones).", step,
+                   sorted(networks.LEGACY_PARAM_KEYS.values()))
       state = _renamed(state, {old: new for new, old in networks.LEGACY_PARAM_KEYS.items()})
     return state, step
   return None, None

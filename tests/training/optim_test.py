@@ -85,8 +85,8 @@ def _frozen_updates(config, part, patterns):
 @pytest.mark.parametrize("name,part,patterns,expected", [
     # A UNet (module names hold '/': 'down_blocks_0/resnets_0') inside an LDM tree with a
     # text encoder.
-    ("digits_ldm:tiny,cond=caption", "model", ("^network/time_embedding/",
-                                               "^network/down_blocks_0/resnets_0/", "^conditioner/"),
+    ("digits_ldm:tiny,cond=caption", "model",
+     ("^network/time_embedding/", "^network/down_blocks_0/resnets_0/", "^conditioner/"),
      ("network/time_embedding/", "network/down_blocks_0/resnets_0/", "conditioner/")),
     # The autoencoder's encoder half, generator side.
     ("digits_autoencoder:tiny", "generator", ("^autoencoder/encoder/",),

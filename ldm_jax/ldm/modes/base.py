@@ -233,3 +233,20 @@ class Mode:
     """The condition as an image row of the samples' size (concatenation modes)."""
     del fields, truth
     return None
+
+
+class KeyedMode(Mode):
+  """A mode whose condition is one batch field, named by `conditioning.key`."""
+
+  def setup(self, config) -> None:
+    if not self.key:
+      raise ValueError(f"conditioning.type={self.NAME!r} needs conditioning.key (the batch "
+                       f"field of the condition).")
+
+  @property
+  def batch_keys(self):
+    return (self.key,)
+
+  def fields(self, batch, key):
+    del key
+    return {self.key: batch[self.key]}

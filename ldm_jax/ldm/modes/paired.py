@@ -8,26 +8,16 @@ import numpy as np
 from ldm_jax.ldm.modes import base
 
 
-class PairedImage(base.Mode):
+class PairedImage(base.KeyedMode):
   NAME = "image"
   CONCAT = True
   SAMPLE_INPUTS = ("cond_image",)
 
   def setup(self, config) -> None:
-    if not self.key:
-      raise ValueError("conditioning.type='image' needs conditioning.key (the batch field of "
-                       "the condition).")
+    super().setup(config)
     self.encode = bool(self.block.get("encode_condition", True))
     self.concat_channels = self.first_stage.channels if self.encode else int(
         self.block.get("condition_channels") or self.image_channels)
-
-  @property
-  def batch_keys(self):
-    return (self.key,)
-
-  def fields(self, batch, key):
-    del key
-    return {self.key: batch[self.key]}
 
   def concat_from(self, fs_params, fields, keep, side):
     cond = fields[self.key].astype(jnp.float32)

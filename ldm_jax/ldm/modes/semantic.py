@@ -26,27 +26,17 @@ def read_map(value, num_classes: int) -> np.ndarray:
   return array.astype(np.int32)
 
 
-class Semantic(base.Mode):
+class Semantic(base.KeyedMode):
   NAME = "semantic"
   CONCAT = True
   SAMPLE_INPUTS = ("semantic_map",)
 
   def setup(self, config) -> None:
-    if not self.key:
-      raise ValueError("conditioning.type='semantic' needs conditioning.key (the batch field "
-                       "of the condition).")
+    super().setup(config)
     self.concat_channels = int(self.block.get("num_semantic_classes") or 0)
     if self.concat_channels < 2:
       raise ValueError("conditioning.type='semantic' needs conditioning.num_semantic_classes "
                        ">= 2.")
-
-  @property
-  def batch_keys(self):
-    return (self.key,)
-
-  def fields(self, batch, key):
-    del key
-    return {self.key: batch[self.key]}
 
   def concat_from(self, fs_params, fields, keep, side):
     del fs_params
