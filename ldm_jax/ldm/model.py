@@ -2,7 +2,7 @@
 
     model = LatentDiffusion(config)               # config: an LDM config (configs/*ldm*.py)
     params = model.init_params(jax.random.key(0)) # {'network', 'conditioner'?, 'logvar'?}
-    per_example, mse = model.loss(params, model.first_stage_params, batch, keys)
+    per_example, mse, _ = model.loss(params, model.first_stage_params, batch, keys)
     images = model.sample(params, model.first_stage_params, fields, noise=..., key=...)
 
 What every user of the model needs and nothing more: training wraps it with an optimiser,
@@ -14,9 +14,10 @@ The frozen first stage's parameters (`first_stage_params`) are loaded with the m
 kept apart from the trained ones: never in an optimiser, never donated, never checkpointed
 with the run.
 
-The objective: x -> z0 = scale_factor * E(x) (a posterior sample) -> t ~ U{0..T-1},
-eps ~ N(0, I) -> z_t -> network(z_t [+ concat], t, context, y) -> `diffusion.losses` (eps /
-x0 / v target, weighting, CompVis' logvar and VLB terms).
+The objective: x -> z0 = scale_factor * E(x) (a posterior sample) -> t ~ U{0..T-1} (a
+continuous schedule: U(0, 1)), eps ~ N(0, I) -> z_t -> network(z_t [+ concat], the schedule's
+time input at t, context, y) -> `diffusion.losses` (eps / x0 / v target, weighting, CompVis'
+logvar and VLB terms).
 """
 
 import jax

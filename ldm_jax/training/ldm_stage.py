@@ -38,8 +38,8 @@ def ema_decay(block: ml_collections.ConfigDict, num_updates):
 class LdmStage:
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
     self.model = model_lib.LatentDiffusion(config)
+    self.config = config = self.model.config  # In today's layout (config.network).
     self.cond = self.model.cond
     self.first_stage = self.model.first_stage
     fs_params = self.model.first_stage_params

@@ -18,6 +18,7 @@ from clu import parameter_overview
 from clu import periodic_actions
 
 from ldm_jax.data import pipeline
+from ldm_jax.models import networks
 from ldm_jax.parallel import sharding
 from ldm_jax.training import checkpoint
 from ldm_jax.training import preemption as preemption_lib
@@ -97,6 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
 
 def _train_and_evaluate(config, workdir, preemption):
+  config = networks.migrate_config(config)  # A config written with `config.unet`.
   _check_config(config)
   workdir = os.path.abspath(workdir)
   mesh = sharding.create_mesh(config.mesh)

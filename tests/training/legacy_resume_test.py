@@ -19,11 +19,16 @@ LEGACY = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "legac
 def test_a_run_saved_with_the_unet_layout_resumes(data_dir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(LEGACY, workdir)
-  # The command that wrote it (tests/data/legacy_run/README.md), in today's key names.
+  # The config that wrote it (tests/data/legacy_run/README.md), in its old layout: a user's
+  # own config file may still say `config.unet`.
   config = digits_ldm.get_config("tiny,cond=caption")
+  with config.unlocked():
+    config.unet = config.network
+    del config.unet["type"]
+    del config["network"]
   config.data.data_dir = data_dir
-  config.network.channel_mult = (1,)
-  config.network.attention_resolutions = (1,)
+  config.unet.channel_mult = (1,)
+  config.unet.attention_resolutions = (1,)
   config.num_steps = 2
   state, _ = loop.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 2 and set(state.params["model"]) == {"network", "conditioner"}
