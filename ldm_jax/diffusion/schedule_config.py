@@ -11,8 +11,8 @@ Discrete schedules (DDPM/LDM: integer t in [0, T)):
 Continuous schedules (t in [0, 1] -> logSNR; training draws t ~ U(0, 1)):
   'logsnr_cosine'               the cosine logSNR truncated to [logsnr_min, logsnr_max];
   'logsnr_shifted_cosine'       simple diffusion: shifted by 2 log(shift_base / size);
-  'logsnr_interpolated_cosine'  simple diffusion: from the shift of interpolate_low (t = 1)
-                                to that of interpolate_high (t = 0).
+  'logsnr_interpolated_cosine'  simple diffusion: from the shift of interpolate_sizes[0]
+                                (t = 1) to that of interpolate_sizes[1] (t = 0).
 `size` is `shift_size` when set, else the side of what is diffused (the caller's
 `image_size`: the latent side for an LDM, the image side in pixel space).
 
