@@ -63,11 +63,7 @@ def draw(model, params, labels: np.ndarray, key, sampling, chunk: int = 250) -> 
 
   @functools.partial(jax.jit, static_argnums=3)
   def sample(params, fs_params, fields, count, key):
-    k_noise, k_sample = jax.random.split(key)
-    return model.sample(params, fs_params, fields, noise=model.noise(k_noise, count),
-                        key=k_sample, sampler=sampling.sampler, steps=int(sampling.steps),
-                        eta=float(sampling.eta),
-                        guidance_scale=float(sampling.guidance_scale))
+    return model.sample_with(params, fs_params, fields, key, count, sampling)
 
   out = []
   for i in range(0, len(labels), chunk):

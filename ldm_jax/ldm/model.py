@@ -235,3 +235,13 @@ class LatentDiffusion:
     latents = self.sample_latents(params, cond, uncond, noise,
                                   guidance_scale=guidance_scale, **settings)
     return self.decode(first_stage_params, latents)
+
+  def sample_with(self, params, first_stage_params, fields, key, count: int, sampling):
+    """`count` images under `fields`, noise and sampler randomness drawn from `key`, with a
+    config's `sampling` block (sampler, steps, eta, guidance_scale): sample grids and the
+    digits report."""
+    k_noise, k_sample = jax.random.split(key)
+    return self.sample(params, first_stage_params, fields,
+                       noise=self.noise(k_noise, count), key=k_sample,
+                       sampler=sampling.sampler, steps=int(sampling.steps),
+                       eta=float(sampling.eta), guidance_scale=float(sampling.guidance_scale))

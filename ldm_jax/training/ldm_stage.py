@@ -119,14 +119,9 @@ class LdmStage:
     holds `label` / `tokens` / the concatenation's inputs (`LatentDiffusion.condition`) for
     `count` samples; `config.sampling` sets sampler, steps and guidance."""
     if self._grid_fn is None:
-      sampling = self.config.sampling
-
       def draw(params, fs_params, fields, key, count):
-        k_noise, k_sample = jax.random.split(key)
-        return self.model.sample(
-            params, fs_params, fields, noise=self.model.noise(k_noise, count), key=k_sample,
-            sampler=sampling.sampler, steps=int(sampling.steps), eta=float(sampling.eta),
-            guidance_scale=float(sampling.guidance_scale))
+        return self.model.sample_with(params, fs_params, fields, key, count,
+                                      self.config.sampling)
 
       self._grid_fn = jax.jit(draw, static_argnums=4)
     return self._grid_fn
