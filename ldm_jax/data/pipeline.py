@@ -253,6 +253,13 @@ def _latent_keys(data_config, builder) -> dict[str, str]:
   return keys
 
 
+def _graph_only(fn):
+  """`fn` for tf.data as written, without AutoGraph's rewrite of its Python source: the
+  pipeline's branches are tf.cond / tf.while_loop already, and converting the degradation
+  chain's source took ~17 s of a process's first super-resolution pipeline."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _zeros_like_spec(spec):
   return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
 
@@ -294,16 +301,16 @@ def create_dataset(data_config: ml_collections.ConfigDict, *, builder, split: st
     fn = _example_fn(data_config, builder, keys, train=train, seed=seed,
                      process_index=process_index)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
-  ds = ds.map(fn, num_parallel_calls=AUTOTUNE)
+  ds = ds.map(_graph_only(fn), num_parallel_calls=AUTOTUNE)
   if train:
     if data_config.small_images == "skip":
-      ds = ds.filter(lambda out, too_small: tf.logical_not(too_small))
-    ds = ds.map(lambda out, too_small: out)
+      ds = ds.filter(_graph_only(lambda out, too_small: tf.logical_not(too_small)))
+    ds = ds.map(_graph_only(lambda out, too_small: out))
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
     skip = data_config.small_images == "skip"
-    ds = ds.map(lambda out, too_small: {
-        **out, "mask": tf.logical_not(too_small) if skip else tf.constant(True)})
+    ds = ds.map(_graph_only(lambda out, too_small: {
+        **out, "mask": tf.logical_not(too_small) if skip else tf.constant(True)}))
     counts = [builder.info.splits[_split_for_process(builder, split, p, process_count)]
               .num_examples for p in range(process_count)]
     num_batches = -(-max(counts) // batch_size)
