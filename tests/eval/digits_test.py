@@ -74,9 +74,7 @@ def test_classifier_learns_the_digits(data_dir, tmp_path):
 
   Its 1,500 steps run in a process at XLA's default optimisation level, as in the quickstart:
   at the tests' level 0 (tests/conftest.py) their run time doubles (52 s against 20 s)."""
-  env = subprocesses.environment()
-  env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split()
-                              if not f.startswith("--xla_backend_optimization_level"))
+  env = subprocesses.environment(drop_flags=("--xla_backend_optimization_level",))
   out = tmp_path / "report.json"
   done = subprocess.run(
       [sys.executable, "-m", "tests.eval._classifier_worker", data_dir, str(out)], cwd=ROOT,
