@@ -209,14 +209,17 @@ def load(config: ml_collections.ConfigDict, rng=None):
     # Compiled as one program: op by op, every layer's initialiser and forward op is
     # compiled on its own (a tiny autoencoder, same load: 4.4 s against 10.8 s; the same
     # numbers, bit for bit).
-    params = jax.jit(lambda key: model.init({"params": key, "sample": key}, *inputs)[
-        "params"])(rng)
+    # Kept as JAX arrays: under jax.eval_shape the whole stage builds without a compile
+    # (tests/configs_test.py traces the full-size configs so).
+    params = jax.jit(lambda key: jax.tree.map(
+        lambda x: x.astype(jnp.float32),
+        model.init({"params": key, "sample": key}, *inputs)["params"]))(rng)
     logging.warning("first_stage.source='random': the LDM trains on the latents of an "
                     "untrained autoencoder. Use this for smoke tests only.")
   else:
     expected = factory.param_shapes(model, factory.autoencoder_example_inputs(arch))
     check_shapes(expected, params, description)
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   stage = FirstStage(model, arch.type, float(scale), int(arch.embed_dim),
                      2 ** (len(arch.ch_mult) - 1), description, int(arch.get("out_ch", 3)))
   logging.info("First stage: %s; %s latents, f=%d, scale_factor=%.6g.", description,

@@ -65,7 +65,10 @@ def _steps_from_images(config, steps):
   stage = stages.create(config)
   mesh = sharding.create_mesh(config.mesh)
   batches = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=True)
-  state = jax.jit(stage.init_state)(jax.random.key(config.seed))
+  key = jax.random.key(config.seed)
+  # With the loop's shardings: the same program as the loop's initialisation, compiled once.
+  shardings = sharding.tree_shardings(jax.eval_shape(stage.init_state, key), mesh)
+  state = jax.jit(stage.init_state, out_shardings=shardings)(key)
   step = jax.jit(stage.train_step, donate_argnums=0)
   consts = jax.device_put(stage.constants, sharding.replicated(mesh))
   for _ in range(steps):

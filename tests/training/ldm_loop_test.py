@@ -85,7 +85,11 @@ def test_ldm_run_keeps_a_frozen_group_bit_identical(data_dir, tmp_path):
   # Without warm-up (a zero rate at step 0) every other parameter moves within 3 steps.
   config.optimizer.warmup_steps = 0
   state, _ = loop.train_and_evaluate(config, str(tmp_path))
-  initial = jax.jit(stages.create(config).init_state)(jax.random.key(config.seed))
+  stage, key = stages.create(config), jax.random.key(config.seed)
+  # The loop's shardings: its own initialisation program, compiled once (cached).
+  shardings = sharding.tree_shardings(jax.eval_shape(stage.init_state, key),
+                                      sharding.create_mesh(config.mesh))
+  initial = jax.jit(stage.init_state, out_shardings=shardings)(key)
   for tree in ("params", "ema_params"):
     kept, still = 0, []
     for (path, a), b in zip(
