@@ -12,12 +12,14 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	# Test references for checkpoint imports, kept in their own folder (tests/conftest.py adds
 	# it to sys.path) without their dependencies: the original CompVis/Stability model code,
 	# the x-transformers release whose layout LDM's text encoder copies, taming-transformers
-	# (PatchGAN discriminator and the autoencoder losses), the lpips package (its heads) and
-	# pytorch-fid (its Fréchet distance).
+	# (PatchGAN discriminator and the autoencoder losses), the lpips package (its heads),
+	# pytorch-fid and torch-fidelity (their Inception and metrics), and torchvision 0.28 (the
+	# release for torch 2.13) for those two: tests/references.py says why its compiled ops
+	# are left out.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5 \
 	    x-transformers==0.15.0 entmax==1.3 taming-transformers==0.0.1 lpips==0.1.4 \
-	    pytorch-fid==0.3.0
+	    pytorch-fid==0.3.0 torch-fidelity==0.4.0 torchvision==0.28.0
 	touch $(STAMP)
 
 install: $(STAMP)

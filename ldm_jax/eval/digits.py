@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.linalg
+
+from ldm_jax.metrics import generative
 
 
 class DigitClassifier(nn.Module):
@@ -87,35 +88,10 @@ def train_classifier(train_images, train_labels, test_images, test_labels, *,
   return classifier
 
 
-def gaussian_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  features = np.asarray(features, np.float64)
-  return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (as pytorch-fid:
-  a singular product gets eps added to both diagonals)."""
-  mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-  sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-    raise ValueError(f"Fréchet distance: means {mu1.shape} vs {mu2.shape}, covariances "
-                     f"{sigma1.shape} vs {sigma2.shape}.")
-  diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"Fréchet distance: imaginary component "
-                       f"{np.max(np.abs(covmean.imag))} in the matrix square root.")
-    covmean = covmean.real
-  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
 def features_distance(classifier: Classifier, a, b) -> float:
-  return frechet_distance(*gaussian_moments(classifier.features(a)),
-                          *gaussian_moments(classifier.features(b)))
+  return generative.frechet_distance(
+      *generative.gaussian_moments(classifier.features(a)),
+      *generative.gaussian_moments(classifier.features(b)))
 
 
 def report(classifier: Classifier, samples, sample_labels, train_images, test_images, *,
