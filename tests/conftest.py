@@ -39,6 +39,12 @@ _COMPVIS_REFERENCE = os.path.join(_ROOT, ".venv", "compvis-reference")
 if os.path.isdir(_COMPVIS_REFERENCE):
   sys.path.append(_COMPVIS_REFERENCE)
 
+from tests import references  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# torchvision (there too) imports in every test process, for whichever package looks for it
+# (pytorch-fid, torch-fidelity, diffusers, transformers); see references.py.
+references.allow_torchvision()
+
 
 def _shared_root(request, tmp_path_factory):
   """A folder shared by the xdist workers of one run (each worker's own basetemp otherwise)."""

@@ -39,15 +39,22 @@ def require(module: str):
     missing(module, e)
 
 
-def require_torchvision():
-  """torchvision 0.28 (the release for torch 2.13), for pytorch-fid's and torch-fidelity's
-  Inception code. PyPI's build links its compiled ops against CUDA torch; beside the CPU torch
-  2.13.0 they do not load, and `import torchvision` stops where it registers shapes for them
-  (`torchvision::nms does not exist`). The tests use only its Python model and transform
-  code, so that registration module is replaced by an empty one before the import."""
+def allow_torchvision() -> None:
+  """Lets `import torchvision` (0.28, the release for torch 2.13, installed beside the
+  references) succeed. PyPI's build links its compiled ops against CUDA torch; beside the CPU
+  torch 2.13.0 they do not load, and the import stops where it registers shapes for them
+  (`torchvision::nms does not exist`), which also breaks diffusers and transformers once they
+  find it installed. The tests use only its Python model and transform code, so that
+  registration module is replaced by an empty one before anything imports torchvision."""
   import sys  # pylint: disable=import-outside-toplevel
   import types  # pylint: disable=import-outside-toplevel
   if "torchvision" not in sys.modules:
     name = "torchvision._meta_registrations"
     sys.modules.setdefault(name, types.ModuleType(name))
+
+
+def require_torchvision():
+  """torchvision, imported as `allow_torchvision` permits (pytorch-fid and torch-fidelity
+  import it for their Inception code)."""
+  allow_torchvision()
   return require("torchvision")
