@@ -2,7 +2,8 @@
 compute them, in float64 numpy:
 
   frechet_distance   FID / sFID from two Gaussians (pytorch-fid's formula: scipy's sqrtm, eps
-                     on a singular product, its check of the imaginary part);
+                     on a singular product, its check of the imaginary part; or
+                     torch-fidelity 0.4.0's from eigenvalues);
   inception_score    IS from the unbiased logits: torch-fidelity's 10 splits after its seeded
                      shuffle (seed 2020), mean and std over splits;
   kernel_distance    KID: torch-fidelity's unbiased MMD^2 with the cubic polynomial kernel
@@ -58,15 +59,30 @@ class Moments:
     return mean, (cov + cov.T) / 2
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); a singular product gets eps added to both
-  diagonals, and an imaginary part above 1e-3 on the root's diagonal is an error."""
+FID_METHODS = ("sqrtm", "eigvals")
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, *,
+                     method: str = "sqrtm") -> float:
+  """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+  method='sqrtm': pytorch-fid's and torch-fidelity <= 0.3.0's (the LDM paper's) formula:
+  scipy's matrix square root, eps added to both diagonals on a singular product, and an
+  imaginary part above 1e-3 on the root's diagonal an error (it is, whenever there are fewer
+  samples than feature dimensions). method='eigvals': torch-fidelity 0.4.0's, the trace from
+  the square roots of S1 S2's eigenvalues (real parts), defined for any sample count.
+  """
+  if method not in FID_METHODS:
+    raise ValueError(f"method={method!r}: expected one of {FID_METHODS}.")
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"Fréchet distance: means {mu1.shape} vs {mu2.shape}, covariances "
                      f"{sigma1.shape} vs {sigma2.shape}.")
   diff = mu1 - mu2
+  if method == "eigvals":
+    roots = np.sqrt(np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128))
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * roots.real.sum())
   covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
   if not np.isfinite(covmean).all():
     offset = np.eye(sigma1.shape[0]) * eps
@@ -74,7 +90,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   if np.iscomplexobj(covmean):
     if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
       raise ValueError(f"Fréchet distance: imaginary component "
-                       f"{np.max(np.abs(covmean.imag))} in the matrix square root.")
+                       f"{np.max(np.abs(covmean.imag))} in the matrix square root (with "
+                       f"fewer samples than feature dimensions it is ill-defined: use "
+                       f"method='eigvals', torch-fidelity 0.4.0's, or more samples).")
     covmean = covmean.real
   return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 

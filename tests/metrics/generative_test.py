@@ -41,10 +41,20 @@ def test_frechet_distance_equals_pytorch_fid_and_torch_fidelity():
     s1, s2 = _random_covariance(rng, dim), _random_covariance(rng, dim)
     ours = generative.frechet_distance(mu1, s1, mu2, s2)
     assert ours == pytest.approx(fid.calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-10)
-    # torch-fidelity takes the root's trace from eigenvalues instead of scipy's sqrtm.
+    # torch-fidelity 0.4.0 takes the root's trace from eigenvalues instead of scipy's sqrtm.
     theirs = fidelity.fid_statistics_to_metric({"mu": mu1, "sigma": s1},
                                                {"mu": mu2, "sigma": s2}, False)
-    assert ours == pytest.approx(theirs[fidelity.KEY_METRIC_FID], rel=1e-8)
+    eig = generative.frechet_distance(mu1, s1, mu2, s2, method="eigvals")
+    assert eig == pytest.approx(theirs[fidelity.KEY_METRIC_FID], rel=1e-12)
+    assert eig == pytest.approx(ours, rel=1e-8)  # Well conditioned: the two agree.
+  # Fewer samples than dimensions: sqrtm's root is ill-defined, eigenvalues are not.
+  few_1, few_2 = _features(8, 5, 32), _features(9, 6, 32, shift=0.5)
+  stats = [generative.gaussian_moments(f) for f in (few_1, few_2)]
+  theirs = fidelity.fid_statistics_to_metric(*[{"mu": m, "sigma": c} for m, c in stats], False)
+  assert generative.frechet_distance(*stats[0], *stats[1], method="eigvals") == pytest.approx(
+      theirs[fidelity.KEY_METRIC_FID], rel=1e-10)
+  with pytest.raises(ValueError, match="method='median': expected one of"):
+    generative.frechet_distance(*stats[0], *stats[1], method="median")
 
 
 def test_running_moments_equal_numpy_over_the_whole_set():

@@ -3,8 +3,6 @@ pytorch-fid's InceptionV3 (pytorch_fid inputs), with the same random weights: po
 unbiased logits and the sFID tap, on images of several sizes; the weights file's checks."""
 
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import jax
@@ -14,72 +12,19 @@ import pytest
 from ldm_jax.convert import torch_weights
 from ldm_jax.metrics import inception
 from tests import references
-from tests import subprocesses
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.metrics import conftest
 
 SIZES = (32, 64, 256, 299, 512)
 
 
-def _random_inception_file(path: str) -> None:
-  """torch-fidelity's network with its layers' own random init, BatchNorm statistics from a
-  pass over random images (so every layer's activations stay near unit scale) and random
-  affine terms; saved as a plain state dict like pt_inception-2015-12-05-6726825d.pth."""
-  torch = references.require("torch")
-  references.require_torchvision()
-  fe = references.require("torch_fidelity.feature_extractor_inceptionv3")
-  cls = fe.FeatureExtractorInceptionV3
-  # Its constructor loads the given weights; skipped here, the layers keep their init.
-  with mock.patch.object(torch, "load", lambda *a, **k: None), \
-      mock.patch.object(cls, "load_state_dict", lambda self, state: None):
-    model = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path="none")
-  generator = torch.Generator().manual_seed(0)
-  for module in model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      module.momentum = None  # A cumulative average: one pass sets the statistics.
-      module.reset_running_stats()
-  model.train()
-  with torch.no_grad():
-    model((torch.rand(4, 3, 299, 299, generator=generator) * 255).to(torch.uint8))
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5, generator=generator)
-        module.bias.normal_(0.0, 0.2, generator=generator)
-  state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-  torch.save(state, path)
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-  """(PyTorch file, our converted .npz)."""
-  folder = tmp_path_factory.mktemp("inception")
-  pth, npz = str(folder / "pt_inception_random.pth"), str(folder / "inception.npz")
-  _random_inception_file(pth)
-  done = subprocess.run([sys.executable, "-m", "ldm_jax.eval.inception_convert",
-                         f"--weights={pth}", f"--out={npz}"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env=subprocesses.environment(), check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "NOT the 2015-12-05 weights FID tables use" in done.stdout
-  return pth, npz
-
-
-@pytest.fixture(scope="module")
-def ours(weights):
-  params, info = inception.load_params(weights[1])
+def ours(inception_weights):
+  params, info = inception.load_params(inception_weights[1])
   assert info["source_file"] == "pt_inception_random.pth" and not info["official"]
   assert len(info["source_sha256"]) == 64
   net = jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x))
   prep = jax.jit(inception.preprocess, static_argnums=1)
   return lambda images, mode: jax.device_get(net(params, prep(images, mode)))
-
-
-def _images(size, count=2, seed=None):
-  rng = np.random.default_rng(size if seed is None else seed)
-  # Smooth images with detail: a random low-resolution field, upsampled, plus noise.
-  low = rng.uniform(0, 255, (count, 8, 8, 3))
-  field = np.repeat(np.repeat(low, -(-size // 8), axis=1), -(-size // 8), axis=2)
-  noise = rng.normal(0, 20, (count, size, size, 3))
-  return np.clip(field[:, :size, :size] + noise, 0, 255).astype(np.uint8)
 
 
 def _relative(ours, ref):
@@ -89,15 +34,15 @@ def _relative(ours, ref):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_tf1_mode_matches_torch_fidelity(size, weights, ours):
+def test_tf1_mode_matches_torch_fidelity(size, inception_weights, ours):
   torch = references.require("torch")
   fe = references.require("torch_fidelity.feature_extractor_inceptionv3")
   model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                         feature_extractor_weights_path=weights[0])
+                                         feature_extractor_weights_path=inception_weights[0])
   spatial = {}
   model.Mixed_6d.branch1x1.register_forward_hook(
       lambda module, args, out: spatial.setdefault("out", out))
-  images = _images(size)
+  images = conftest.random_images(size)
   with torch.no_grad():
     pool3, logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
   # ADM's mixed_6/conv[..., :7], flattened from NHWC.
@@ -111,15 +56,15 @@ def test_tf1_mode_matches_torch_fidelity(size, weights, ours):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_pytorch_fid_mode_matches_pytorch_fid(size, weights, ours):
+def test_pytorch_fid_mode_matches_pytorch_fid(size, inception_weights, ours):
   torch = references.require("torch")
   references.require_torchvision()
   pf = references.require("pytorch_fid.inception")
-  state = torch.load(weights[0])
+  state = torch.load(inception_weights[0])
   # Its constructor downloads the weights: given the same random ones instead.
   with mock.patch.object(pf, "load_state_dict_from_url", lambda *a, **k: state):
     model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-  images = _images(size)
+  images = conftest.random_images(size)
   with torch.no_grad():
     pool3 = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)[0]
   error = _relative(ours(images, "pytorch_fid")["pool3"], pool3[:, :, 0, 0].numpy())
@@ -128,22 +73,22 @@ def test_pytorch_fid_mode_matches_pytorch_fid(size, weights, ours):
 
 
 def test_inputs_at_299_are_only_rescaled_and_the_modes_differ_elsewhere(ours):
-  full = _images(299)
+  full = conftest.random_images(299)
   x = full.astype(np.float32)
   np.testing.assert_allclose(inception.preprocess(full, "tf1"), (x - 128) / 128, atol=1e-6)
   np.testing.assert_allclose(inception.preprocess(full, "pytorch_fid"), x / 255 * 2 - 1,
                              atol=1e-6)
-  small = _images(64)
+  small = conftest.random_images(64)
   assert _relative(ours(small, "tf1")["pool3"], ours(small, "pytorch_fid")["pool3"]) > 1e-3
 
 
 def test_grey_images_are_read_as_rgb(ours):
-  grey = _images(32)[..., :1]
+  grey = conftest.random_images(32)[..., :1]
   np.testing.assert_allclose(ours(grey, "tf1")["pool3"],
                              ours(np.repeat(grey, 3, axis=-1), "tf1")["pool3"], rtol=1e-6)
 
 
-def test_bad_inputs_and_files(weights, tmp_path):
+def test_bad_inputs_and_files(inception_weights, tmp_path):
   with pytest.raises(ValueError, match=r"dtype float32; expected uint8 images"):
     inception.preprocess(np.zeros((1, 32, 32, 3), np.float32))
   with pytest.raises(ValueError, match=r"shape \(32, 32, 3\); expected \[batch"):
@@ -153,9 +98,9 @@ def test_bad_inputs_and_files(weights, tmp_path):
   with pytest.raises(FileNotFoundError, match="python -m ldm_jax.eval.inception_convert"):
     inception.load_params(str(tmp_path / "none.npz"))
   with pytest.raises(FileExistsError, match="never written over"):
-    inception.convert(weights[0], weights[1])
+    inception.convert(*inception_weights)
   torch = references.require("torch")
-  state = torch.load(weights[0])
+  state = torch.load(inception_weights[0])
   del state["Mixed_6d.branch1x1.conv.weight"]
   state["AuxLogits.fc.weight"] = torch.zeros(3)
   wrong = str(tmp_path / "wrong.pth")
@@ -168,7 +113,7 @@ def test_bad_inputs_and_files(weights, tmp_path):
   np.savez(tmp_path / "bare.npz", x=np.zeros(2))
   with pytest.raises(ValueError, match="no __meta__/source_sha256 entry"):
     inception.load_params(str(tmp_path / "bare.npz"))
-  with np.load(weights[1]) as data:
+  with np.load(inception_weights[1]) as data:
     entries = {k: data[k] for k in data.files if k != "Mixed_7c/branch_pool/bn/scale"}
   np.savez(tmp_path / "short.npz", **entries)
   with pytest.raises(torch_weights.WeightMismatchError,

@@ -1,0 +1,96 @@
+"""Inception features of an image set, streamed: batches are sharded over the devices, FID's
+and sFID's statistics are running float64 sums, and per-image features are kept only for the
+metrics that need them (KID and precision/recall: pool3; IS: the unbiased logits), in memory
+or, past `memmap_bytes`, in memory-mapped files in a temporary folder.
+"""
+
+import dataclasses
+import tempfile
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ldm_jax.eval import image_sets
+from ldm_jax.metrics import generative
+from ldm_jax.metrics import inception
+
+MIN_RELIABLE = 2048  # Below this many samples FID is strongly biased (and pool3's 2048-d
+                     # covariance is singular).
+
+
+@dataclasses.dataclass
+class Features:
+  count: int
+  pool3: generative.Moments
+  spatial: generative.Moments
+  pool3_all: np.ndarray | None = None  # [N, 2048] float32, when kept.
+  logits: np.ndarray | None = None  # [N, 1008] float32, when kept.
+  # The temporary folder of memory-mapped buffers, alive as long as these features.
+  folder: list = dataclasses.field(default_factory=list, repr=False)
+
+
+class Extractor:
+  """The jitted, sharded Inception for one weights file and input mode."""
+
+  def __init__(self, params, mode: str = "tf1", devices=None, batch_size: int = 64):
+    if mode not in inception.MODES:
+      raise ValueError(f"mode={mode!r}: expected one of {inception.MODES}.")
+    devices = jax.local_devices() if devices is None else list(devices)
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    self.mode, self.num_devices = mode, len(devices)
+    # Every call runs this many images (a multiple of the device count): one program.
+    self.batch_size = -(-batch_size // len(devices)) * len(devices)
+    self._batch = NamedSharding(mesh, P("batch"))
+    self._params = jax.device_put(params, NamedSharding(mesh, P()))
+    self._fn = jax.jit(lambda p, x: inception.extract(p, x, mode), out_shardings=NamedSharding(
+        mesh, P()))
+
+  def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 [B, H, W, C] -> {tap: float32 [B, ...]}, B <= batch_size (padded to it)."""
+    count = len(images)
+    if count > self.batch_size:
+      raise ValueError(f"{count} images in one call; the extractor takes {self.batch_size}.")
+    pad = self.batch_size - count
+    if pad:
+      images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+    out = jax.device_get(self._fn(self._params, jax.device_put(images, self._batch)))
+    return {k: np.asarray(v[:count]) for k, v in out.items()}
+
+
+def _buffer(shape, memmap_bytes: int, folder: list) -> np.ndarray:
+  if np.prod(shape) * 4 <= memmap_bytes:
+    return np.empty(shape, np.float32)
+  if not folder:
+    folder.append(tempfile.TemporaryDirectory(prefix="ldm_jax_features_"))
+  path = f"{folder[0].name}/{len(folder)}.npy"
+  folder.append(path)
+  return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(shape))
+
+
+def extract(images: image_sets.ImageSet, extractor: Extractor, *, keep_pool3: bool = False,
+            keep_logits: bool = False, memmap_bytes: int = 1 << 30) -> Features:
+  """Streams `images` through `extractor`; see the module docstring."""
+  if images.count < 2:
+    raise ValueError(f"{images.name}: {images.count} image(s); the metrics need 2 at least.")
+  if images.count < MIN_RELIABLE:
+    logging.warning("%s: %d images. FID from fewer than %d samples is strongly biased and "
+                    "not comparable with published numbers (they use 50,000).", images.name,
+                    images.count, MIN_RELIABLE)
+  out = Features(images.count, generative.Moments(), generative.Moments())
+  if keep_pool3:
+    out.pool3_all = _buffer((images.count, 2048), memmap_bytes, out.folder)
+  if keep_logits:
+    out.logits = _buffer((images.count, inception.NUM_CLASSES), memmap_bytes, out.folder)
+  done = 0
+  for batch in images.batches(extractor.batch_size):
+    features = extractor(batch)
+    out.pool3.add(features["pool3"])
+    out.spatial.add(features["spatial"])
+    if keep_pool3:
+      out.pool3_all[done:done + len(batch)] = features["pool3"]
+    if keep_logits:
+      out.logits[done:done + len(batch)] = features["logits_unbiased"]
+    done += len(batch)
+  return out

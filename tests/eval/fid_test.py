@@ -1,0 +1,143 @@
+"""`python -m ldm_jax.eval.fid` end to end on small image sets, against torch-fidelity's
+calculate_metrics and pytorch-fid's calculate_fid_given_paths on the same PNG folders and
+random Inception weights; sets read from folders and .npz files alike; 8 devices = 1."""
+
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ldm_jax.eval import features
+from ldm_jax.eval import fid
+from ldm_jax.eval import image_sets
+from ldm_jax.metrics import inception
+from tests import references
+from tests import subprocesses
+from tests.metrics import conftest as metrics_fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+inception_weights = metrics_fixtures.inception_weights  # The shared fixture.
+KID = dict(kid_subsets=5, kid_subset_size=12)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+  """Folders of PNGs: 16 'samples' (48 px) and 20 'reference' images, a little apart."""
+  root = tmp_path_factory.mktemp("sets")
+  out = {}
+  for name, count, seed, shift in (("samples", 16, 1, 25), ("reference", 20, 2, 0)):
+    images = metrics_fixtures.random_images(48, count, seed)
+    images = np.clip(images.astype(int) + shift, 0, 255).astype(np.uint8)
+    folder = root / name
+    folder.mkdir()
+    for i, image in enumerate(images):
+      Image.fromarray(image).save(folder / f"{i:03d}.png")
+    np.savez(root / f"{name}.npz", arr_0=images)
+    out[name] = str(folder)
+  return out
+
+
+def test_metrics_equal_torch_fidelity(sets, inception_weights, tmp_path):
+  torch_fidelity = references.require("torch_fidelity")
+  theirs = torch_fidelity.calculate_metrics(
+      input1=sets["samples"], input2=sets["reference"], cuda=False, isc=True, fid=True,
+      kid=True, prc=True, feature_extractor="inception-v3-compat",
+      feature_extractor_weights_path=inception_weights[0], cache=False, verbose=False,
+      save_cpu_ram=True, batch_size=16, **KID)
+  out = tmp_path / "result.json"
+  done = subprocess.run(
+      [sys.executable, "-m", "ldm_jax.eval.fid", f"--samples={sets['samples']}",
+       f"--reference={sets['reference']}", f"--weights={inception_weights[1]}",
+       f"--out={out}", "--batch_size=16", "--kid_subsets=5", "--kid_subset_size=12",
+       "--fid_method=eigvals"],  # torch-fidelity 0.4.0's (these few samples: see below).
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=subprocesses.environment(),
+      check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  ours = json.loads(out.read_text())
+  pairs = {"fid": "frechet_inception_distance", "isc_mean": "inception_score_mean",
+           "isc_std": "inception_score_std", "kid_mean": "kernel_inception_distance_mean",
+           "kid_std": "kernel_inception_distance_std", "precision": "precision",
+           "recall": "recall"}
+  errors = {k: abs(ours[k] - theirs[v]) / max(abs(theirs[v]), 1e-12) for k, v in pairs.items()}
+  print(f"ours {ours}\ntorch-fidelity {theirs}\nrelative differences {errors}")
+  assert max(errors.values()) <= 1e-3, errors
+  assert ours["mode"] == "tf1" and ours["num_samples"] == 16 and ours["num_reference"] == 20
+  assert ours["fid_method"] == "eigvals"
+  assert len(ours["weights_sha256"]) == 64 and ours["official_weights"] is False
+  assert 0 < ours["precision"] < 1 and ours["fid"] > 0 and ours["sfid"] > 0
+  assert "strongly biased" in done.stderr  # 16 samples: the warning is given.
+
+
+def test_pytorch_fid_mode_statistics_equal_pytorch_fid(sets, inception_weights):
+  """pytorch-fid's own FID needs more samples than pool3 has dimensions (2048; with fewer,
+  its square root has an imaginary part and it raises, as ours does with fid_method='sqrtm'):
+  its statistics are compared here, its formula in tests/metrics/generative_test.py."""
+  torch = references.require("torch")
+  references.require_torchvision()
+  inception_module = references.require("pytorch_fid.inception")
+  fid_score = references.require("pytorch_fid.fid_score")
+  state = torch.load(inception_weights[0])
+  with mock.patch.object(inception_module, "load_state_dict_from_url",
+                         lambda *a, **k: state):
+    model = inception_module.InceptionV3([inception_module.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    files = sorted(os.path.join(sets["samples"], f) for f in os.listdir(sets["samples"]))
+    mu, sigma = fid_score.calculate_activation_statistics(files, model.eval(), 16, 2048, "cpu",
+                                                          num_workers=0)
+  params, _ = inception.load_params(inception_weights[1])
+  ours = features.extract(image_sets.open_images(sets["samples"]),
+                          features.Extractor(params, "pytorch_fid", batch_size=16))
+  our_mu, our_sigma = ours.pool3.mean_and_covariance()
+  scale = np.abs(sigma).max()
+  print(f"pytorch_fid mode vs pytorch-fid: mean {np.abs(our_mu - mu).max() / np.abs(mu).max():.2e}"
+        f", covariance {np.abs(our_sigma - sigma).max() / scale:.2e} relative")
+  np.testing.assert_allclose(our_mu, mu, rtol=0, atol=1e-4 * np.abs(mu).max())
+  np.testing.assert_allclose(our_sigma, sigma, rtol=0, atol=1e-4 * scale)
+
+
+def test_npz_sets_equal_folders_and_eight_devices_equal_one(sets, inception_weights):
+  """The same features from the folder on 8 devices and from the .npz on 1 (kept there in
+  memory-mapped files): the metrics, functions of these, follow."""
+  assert jax.local_device_count() == 8
+  params, _ = inception.load_params(inception_weights[1])
+  keep = dict(keep_pool3=True, keep_logits=True)
+  folder = features.extract(image_sets.open_images(sets["samples"]),
+                            features.Extractor(params, batch_size=16), **keep)
+  npz = features.extract(
+      image_sets.open_images(os.path.join(os.path.dirname(sets["samples"]), "samples.npz")),
+      features.Extractor(params, devices=jax.local_devices()[:1], batch_size=16),
+      memmap_bytes=0, **keep)
+  assert isinstance(npz.pool3_all, np.memmap) and isinstance(npz.logits, np.memmap)
+  assert not isinstance(folder.pool3_all, np.memmap)
+  for a, b in ((folder.pool3_all, npz.pool3_all), (folder.logits, npz.logits),
+               (folder.spatial.mean_and_covariance()[1], npz.spatial.mean_and_covariance()[1])):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_image_sets_and_their_errors(sets, tmp_path):
+  folder = image_sets.open_images(sets["samples"])
+  assert (folder.count, folder.height, folder.width, folder.channels) == (16, 48, 48, 3)
+  npz = image_sets.open_images(os.path.join(os.path.dirname(sets["samples"]), "samples.npz"))
+  batches = list(npz.batches(8))
+  assert [len(b) for b in batches] == [8, 8]
+  np.testing.assert_array_equal(np.concatenate(batches),
+                                np.concatenate(list(folder.batches(7))))
+  Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+  Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(tmp_path / "b.png")
+  with pytest.raises(ValueError, match=r"b.png is 48x48 px; .*a.png .* are 48x40 px"):
+    list(image_sets.open_images(str(tmp_path)).batches(4))
+  np.savez(tmp_path / "float.npz", images=np.zeros((2, 8, 8, 3), np.float32))
+  with pytest.raises(ValueError, match=r"images is float32 \(2, 8, 8, 3\); expected uint8"):
+    image_sets.open_images(str(tmp_path / "float.npz"))
+  np.savez(tmp_path / "other.npz", x=np.zeros(3))
+  with pytest.raises(ValueError, match=r"holds \['x'\]; expected images under one of"):
+    image_sets.open_images(str(tmp_path / "other.npz"))
+  with pytest.raises(FileNotFoundError, match="expected a folder of images or an .npz"):
+    image_sets.open_images(str(tmp_path / "none"))
+  with pytest.raises(ValueError, match=r"metrics=\['fjd'\]: expected some of"):
+    fid.compute(sets["samples"], sets["samples"], "unused.npz", metrics=("fjd",))
