@@ -136,3 +136,16 @@ def read_folder(folder: str, subfolder: str | None = None) -> tuple[dict, dict]:
       return read_file(os.path.join(root, name)), config
   raise FileNotFoundError(f"{root} has config.json but none of {WEIGHT_NAMES} (or their "
                           f".index.json).")
+
+
+def read_npz(path: str, what: str) -> dict[str, np.ndarray]:
+  """name -> array from an .npz file of `what` (e.g. 'LPIPS weights'), read whole, without
+  pickles; a file that is not one raises ValueError naming it."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path} is not an .npz file of {what} ({e}).") from e
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} holds a single array, not an .npz file of {what}.")
+  with data:
+    return {key: data[key] for key in data.files}

@@ -43,7 +43,7 @@ def compute(samples: str, reference: str, weights: str, *, mode: str = "tf1",
   ours = features_lib.extract(sample_set, extractor, keep_logits="isc" in metrics, **keep)
   ref = features_lib.extract(reference_set, extractor, **keep)
   result = {"mode": mode, "fid_method": fid_method, "weights_sha256": info["source_sha256"],
-            "official_weights": info["official"], "num_samples": ours.count,
+            "weights_name_hash_match": info["name_hash_match"], "num_samples": ours.count,
             "num_reference": ref.count}
   if "fid" in metrics:
     result["fid"] = generative.frechet_distance(*ours.pool3.mean_and_covariance(),

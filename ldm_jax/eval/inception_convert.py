@@ -23,9 +23,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; give only --weights and --out.")
   info = inception.convert(_WEIGHTS.value, _OUT.value)
-  print(f"wrote FID Inception weights to {_OUT.value} (source sha256 {info['source_sha256']}"
-        f"{'' if info['official'] else '; NOT the 2015-12-05 weights FID tables use'})")
-
+  print(f"wrote FID Inception weights to {_OUT.value} (source sha256 {info['source_sha256']})")
+  if not info["name_hash_match"]:
+    print(f"The sha256 does not start with {inception.NAME_HASH}, the hash in the reference "
+          f"files' names: check that these are the 2015-12-05 weights FID tables use.")
 
 if __name__ == "__main__":
   app.run(main)

@@ -30,7 +30,6 @@ Weights: `python -m ldm_jax.eval.inception_convert` makes our .npz from the PyTo
 import functools
 import hashlib
 import os
-import zipfile
 from typing import Any
 
 import flax
@@ -47,8 +46,10 @@ MODES = ("tf1", "pytorch_fid")
 NUM_CLASSES = 1008
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7].
 TAPS = ("pool3", "logits_unbiased", "spatial")
-# The first 8 hex digits of the official weights' sha256 (torch hub's file-name convention).
-OFFICIAL_SHA256_PREFIX = "6726825d"
+# The 8 hex digits in the reference files' names (pt_inception-2015-12-05-6726825d.pth),
+# by torch hub's convention the start of their sha256; not checked here against the real
+# files, which this machine cannot download.
+NAME_HASH = "6726825d"
 Precision = jax.lax.Precision
 
 
@@ -320,12 +321,13 @@ def convert(weights: str, out: str) -> dict:
 
 
 def _info(meta: dict) -> dict:
-  return {**meta, "official": meta["source_sha256"].startswith(OFFICIAL_SHA256_PREFIX)}
+  return {**meta, "name_hash_match": meta["source_sha256"].startswith(NAME_HASH)}
 
 
 def load_params(path: str) -> tuple[dict, dict]:
   """(parameter tree, info) from a file `convert` wrote; info: source_sha256, source_file,
-  official (whether the source is the 2015-12-05 weights FID tables use)."""
+  name_hash_match (whether that sha256 starts with the 6726825d of the reference files'
+  names)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"No Inception weights file {path}. Make it from pytorch-fid's weights "
@@ -333,15 +335,9 @@ def load_params(path: str) -> tuple[dict, dict]:
         f"torch-fidelity's weights-inception-2015-12-05-6726825d.pth serves too):\n"
         f"  python -m ldm_jax.eval.inception_convert "
         f"--weights=pt_inception-2015-12-05-6726825d.pth --out={path}")
-  try:
-    data = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path} is not an .npz file of Inception weights ({e}).") from e
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path} holds a single array, not an .npz file of Inception weights.")
-  with data:
-    meta = {k[len(_META):]: str(data[k]) for k in data.files if k.startswith(_META)}
-    flat = {k: data[k] for k in data.files if not k.startswith(_META)}
+  entries = files.read_npz(path, "Inception weights")
+  meta = {k[len(_META):]: str(v) for k, v in entries.items() if k.startswith(_META)}
+  flat = {k: v for k, v in entries.items() if not k.startswith(_META)}
   if "source_sha256" not in meta:
     raise ValueError(f"{path} has no {_META}source_sha256 entry: it was not written by "
                      f"`python -m ldm_jax.eval.inception_convert`.")

@@ -18,7 +18,6 @@ both pure, for jax.jit and jax.grad.
 
 import os
 import re
-import zipfile
 from typing import Any, Callable, Mapping
 
 import flax
@@ -190,14 +189,7 @@ def load_params(path: str) -> dict:
         f"lpips package's heads:\n  python -m ldm_jax.eval.lpips_convert "
         f"--vgg=vgg16-397923af.pth --heads=<site-packages>/lpips/weights/v0.1/vgg.pth "
         f"--out={path}")
-  try:
-    data = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path} is not an .npz file of LPIPS weights ({e}).") from e
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path} holds a single array, not an .npz file of LPIPS weights.")
-  with data:
-    flat = {key: data[key] for key in data.files}
+  flat = files.read_npz(path, "LPIPS weights")
   _check_tree(flat, path)
   flat = {key: jnp.asarray(value, jnp.float32) for key, value in flat.items()}
   return flax.traverse_util.unflatten_dict(flat, sep="/")

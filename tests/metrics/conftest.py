@@ -56,7 +56,7 @@ def inception_weights(shared):
                            f"--out={folder}/inception.npz"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=subprocesses.environment(), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "NOT the 2015-12-05 weights FID tables use" in done.stdout
+    assert "does not start with 6726825d" in done.stdout
 
   folder = shared("inception_weights", make)
   return f"{folder}/pt_inception_random.pth", f"{folder}/inception.npz"

@@ -20,7 +20,7 @@ SIZES = (32, 64, 256, 299, 512)
 @pytest.fixture(scope="module")
 def ours(inception_weights):
   params, info = inception.load_params(inception_weights[1])
-  assert info["source_file"] == "pt_inception_random.pth" and not info["official"]
+  assert info["source_file"] == "pt_inception_random.pth" and not info["name_hash_match"]
   assert len(info["source_sha256"]) == 64
   net = jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x))
   prep = jax.jit(inception.preprocess, static_argnums=1)
