@@ -22,6 +22,7 @@ def _random_inception_file(path: str) -> None:
   references.require_torchvision()
   fe = references.require("torch_fidelity.feature_extractor_inceptionv3")
   cls = fe.FeatureExtractorInceptionV3
+  torch.manual_seed(0)  # The layers' own init draws from the global generator.
   # Its constructor loads the given weights; skipped here, the layers keep their init.
   with mock.patch.object(torch, "load", lambda *a, **k: None), \
       mock.patch.object(cls, "load_state_dict", lambda self, state: None):
