@@ -17,7 +17,9 @@ LAYERS = (
     ("diffusion", "convert"),
     ("metrics",),  # LPIPS reads torch weight files through convert.
     ("ldm",),
-    ("training", "sampling", "eval"),
+    ("sampling",),
+    ("eval",),  # Draws samples of a run to measure them (fid --samples=RUN).
+    ("training",),  # Measures samples during training (config.evals).
     ("benchmark",),
 )
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

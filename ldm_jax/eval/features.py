@@ -5,6 +5,7 @@ or, past `memmap_bytes`, in memory-mapped files in a temporary folder.
 """
 
 import dataclasses
+import functools
 import tempfile
 
 import jax
@@ -44,8 +45,7 @@ class Extractor:
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
     self._batch = NamedSharding(mesh, P("batch"))
     self._params = jax.device_put(params, NamedSharding(mesh, P()))
-    self._fn = jax.jit(lambda p, x: inception.extract(p, x, mode), out_shardings=NamedSharding(
-        mesh, P()))
+    self._fn = _jitted(mode, NamedSharding(mesh, P()))
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 [B, H, W, C] -> {tap: float32 [B, ...]}, B <= batch_size (padded to it)."""
@@ -59,6 +59,13 @@ class Extractor:
     return {k: np.asarray(v[:count]) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(mode: str, out_sharding):
+  """One jitted extractor per mode and device set: Extractors of the same weights shape share
+  its compiled programs."""
+  return jax.jit(functools.partial(inception.extract, mode=mode), out_shardings=out_sharding)
+
+
 def _buffer(shape, memmap_bytes: int, folder: list) -> np.ndarray:
   if np.prod(shape) * 4 <= memmap_bytes:
     return np.empty(shape, np.float32)
@@ -70,27 +77,47 @@ def _buffer(shape, memmap_bytes: int, folder: list) -> np.ndarray:
 
 
 def extract(images: image_sets.ImageSet, extractor: Extractor, *, keep_pool3: bool = False,
-            keep_logits: bool = False, memmap_bytes: int = 1 << 30) -> Features:
+            keep_logits: bool = False, memmap_bytes: int = 1 << 30,
+            progress: bool = False) -> Features:
   """Streams `images` through `extractor`; see the module docstring."""
   if images.count < 2:
     raise ValueError(f"{images.name}: {images.count} image(s); the metrics need 2 at least.")
-  if images.count < MIN_RELIABLE:
-    logging.warning("%s: %d images. FID from fewer than %d samples is strongly biased and "
-                    "not comparable with published numbers (they use 50,000).", images.name,
-                    images.count, MIN_RELIABLE)
   out = Features(images.count, generative.Moments(), generative.Moments())
   if keep_pool3:
     out.pool3_all = _buffer((images.count, 2048), memmap_bytes, out.folder)
   if keep_logits:
     out.logits = _buffer((images.count, inception.NUM_CLASSES), memmap_bytes, out.folder)
   done = 0
-  for batch in images.batches(extractor.batch_size):
-    features = extractor(batch)
-    out.pool3.add(features["pool3"])
-    out.spatial.add(features["spatial"])
-    if keep_pool3:
-      out.pool3_all[done:done + len(batch)] = features["pool3"]
-    if keep_logits:
-      out.logits[done:done + len(batch)] = features["logits_unbiased"]
-    done += len(batch)
+  bar = None
+  if progress:
+    from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm.tqdm(total=images.count, unit="image", desc=f"Inception: {images.name}")
+  try:
+    for batch in images.batches(extractor.batch_size):
+      features = extractor(batch)
+      out.pool3.add(features["pool3"])
+      out.spatial.add(features["spatial"])
+      if done + len(batch) > images.count:
+        raise ValueError(f"{images.name} gave more than the {images.count} images it has.")
+      if keep_pool3:
+        out.pool3_all[done:done + len(batch)] = features["pool3"]
+      if keep_logits:
+        out.logits[done:done + len(batch)] = features["logits_unbiased"]
+      done += len(batch)
+      if bar is not None:
+        bar.update(len(batch))
+  finally:
+    if bar is not None:
+      bar.close()
+  if done < 2:
+    raise ValueError(f"{images.name}: {done} image(s) read; the metrics need 2 at least.")
+  out.count = done  # Fewer than announced where a TFDS split skips small images.
+  if keep_pool3:
+    out.pool3_all = out.pool3_all[:done]
+  if keep_logits:
+    out.logits = out.logits[:done]
+  if done < MIN_RELIABLE:
+    logging.warning("%s: %d images. FID from fewer than %d samples is strongly biased and "
+                    "not comparable with published numbers (they use 50,000).", images.name,
+                    done, MIN_RELIABLE)
   return out

@@ -8,6 +8,10 @@ A path is:
   by sample.py is read from its samples.npz, so that grid.png is not taken for a sample;
 - an .npz with uint8 [N, H, W, C] images under `images` (sample.py's samples.npz) or `arr_0`
   (ADM's sample and reference batches), read a batch at a time from the archive, never whole.
+
+`from_data(data_config, split)` reads a TFDS split as the training pipeline preprocesses it
+(shorter side resized with `data.resize_method`, centre crop, no flip) and quantised to uint8
+as samples are (ldm_jax.visualize.to_uint8): the reference of the papers' protocol.
 """
 
 import dataclasses
@@ -24,15 +28,24 @@ NPZ_KEYS = ("images", "arr_0")
 @dataclasses.dataclass
 class ImageSet:
   name: str
-  count: int
+  count: int  # Exact, but for a TFDS split with small_images='skip': at most.
   height: int
   width: int
   channels: int
-  _read: Callable[[int, int], np.ndarray]  # (start, stop) -> uint8 [stop - start, H, W, C]
+  # batch_size -> uint8 [<= batch_size, H, W, C] batches, in the set's order.
+  _batches: Callable[[int], Iterator[np.ndarray]]
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    for start in range(0, self.count, batch_size):
-      yield self._read(start, min(start + batch_size, self.count))
+    return self._batches(batch_size)
+
+
+def _indexed(name, count, height, width, channels, read) -> ImageSet:
+  """A set whose images can be read by position: read(start, stop) -> uint8 batch."""
+
+  def batches(batch_size):
+    for start in range(0, count, batch_size):
+      yield read(start, min(start + batch_size, count))
+  return ImageSet(name, count, height, width, channels, batches)
 
 
 def _folder(path: str) -> ImageSet:
@@ -57,7 +70,7 @@ def _folder(path: str) -> ImageSet:
                            f"others before it are {width}x{height} px: one size per set.")
         out[i] = np.asarray(image.convert("RGB"))
     return out
-  return ImageSet(path, len(files), height, width, 3, read)
+  return _indexed(path, len(files), height, width, 3, read)
 
 
 def _npz(path: str) -> ImageSet:
@@ -88,7 +101,7 @@ def _npz(path: str) -> ImageSet:
       member.seek(offset + start * item)
       data = member.read((stop - start) * item)
     return np.frombuffer(data, np.uint8).reshape((stop - start,) + tuple(shape[1:]))
-  return ImageSet(path, int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3]), read)
+  return _indexed(path, int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3]), read)
 
 
 def open_images(path: str) -> ImageSet:
@@ -97,3 +110,83 @@ def open_images(path: str) -> ImageSet:
   if os.path.isfile(path) and path.endswith(".npz"):
     return _npz(path)
   raise FileNotFoundError(f"{path}: expected a folder of images or an .npz of uint8 images.")
+
+
+def from_data(data_config, split: str) -> ImageSet:
+  """The images of a TFDS `split` as the evaluation pipeline gives them (see the module
+  docstring), uint8; `data_config` is a run's `data` block (data.image_size, resize_method,
+  small_images, channels, data_dir apply). Examples that data.small_images='skip' drops are
+  left out of the set (its `count` is then an upper bound)."""
+  # pylint: disable=import-outside-toplevel
+  from ldm_jax import visualize
+  from ldm_jax.data import pipeline
+  from ldm_jax.data import sources
+  data_config = data_config.copy_and_resolve_references()
+  with data_config.unlocked():
+    data_config.update(latent_key=None, degradation=None, label_key=None, caption_key=None,
+                       cond_image_keys=(), label_map_keys=())
+  pipeline.validate(data_config)
+  builder = sources.load_builder(data_config)
+  try:
+    count = builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"split={split!r} is not a split of dataset {builder.name!r}; it has "
+                     f"{sorted(builder.info.splits.keys())}.") from e
+  features = builder.info.features
+  if data_config.image_key not in features:
+    raise ValueError(f"data.image_key={data_config.image_key!r}: dataset {builder.name!r} has "
+                     f"no such feature; it has {sorted(features.keys())}.")
+  feature = features[data_config.image_key]
+  channels = data_config.channels or feature.shape[-1]
+  size = data_config.image_size
+
+  def batches(batch_size):
+    dataset = pipeline.create_dataset(data_config, builder=builder, split=split, train=False,
+                                      seed=0, batch_size=batch_size, process_index=0,
+                                      process_count=1)
+    for batch in dataset.as_numpy_iterator():
+      images = batch["image"][batch["mask"]]
+      if len(images):
+        yield visualize.to_uint8(images)
+  name = f"tfds:{data_config.name}[{split}] at {size} px"
+  return ImageSet(name, count, size, size, channels, batches)
+
+
+def _rebatched(parts: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+  for part in parts:
+    for start in range(0, len(part), batch_size):
+      yield part[start:start + batch_size]
+
+
+def from_sampler(model, num_samples: int, /, *, seed: int = 0, batch_size: int | None = None,
+                 class_label=None, **settings) -> ImageSet:
+  """`num_samples` images drawn by a sampling.Sampler as `sample.py --stream` draws them
+  (ldm_jax/sampling/bulk.py: unconditional or class-conditional, classes spread evenly),
+  batch by batch, never all held."""
+  from ldm_jax.sampling import bulk  # pylint: disable=import-outside-toplevel
+  labels = bulk.labels_for(model, num_samples, class_label)
+  draw_batch = model.batch_size_for(batch_size, num_samples)
+  model.settings(**settings)  # Checked now, not after the first batch.
+  numbers = range(-(-num_samples // draw_batch))
+
+  def batches(step):
+    drawn = bulk.draw(model, labels, num_samples, draw_batch, numbers, seed=seed, **settings)
+    return _rebatched((images for _, images, _ in drawn), step)
+  side = int(model.config.data.image_size)
+  return ImageSet(f"{num_samples} samples of {model.source}", num_samples, side, side,
+                  model.image_channels, batches)
+
+
+def first(images: ImageSet, count: int) -> ImageSet:
+  """The first `count` images of a set (all of them, if it has fewer)."""
+  count = min(count, images.count)
+
+  def batches(batch_size):
+    left = count
+    for batch in images.batches(batch_size):
+      if left <= 0:
+        return
+      yield batch[:left]
+      left -= len(batch[:left])
+  return ImageSet(f"the first {count} of {images.name}", count, images.height, images.width,
+                  images.channels, batches)

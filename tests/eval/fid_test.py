@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldm_jax import visualize
 from ldm_jax.eval import features
 from ldm_jax.eval import fid
 from ldm_jax.eval import image_sets
+from ldm_jax.eval import references as statistics
 from ldm_jax.metrics import inception
 from tests import references
 from tests import subprocesses
@@ -141,3 +143,48 @@ def test_image_sets_and_their_errors(sets, tmp_path):
     image_sets.open_images(str(tmp_path / "none"))
   with pytest.raises(ValueError, match=r"metrics=\['fjd'\]: expected some of"):
     fid.compute(sets["samples"], sets["samples"], "unused.npz", metrics=("fjd",))
+
+
+def test_tfds_reference_statistics_files_and_the_cache(data_dir, inception_weights, tmp_path):
+  """A folder of the very images a TFDS split gives has FID 0 and precision/recall 1 against
+  `tfds:` (so both read the same images); its saved statistics then serve as the samples,
+  the split's statistics coming from the cache; an ADM reference batch of the same images
+  (its own mu/sigma, its arr_0 for precision/recall) agrees; other modes are refused."""
+  config = fid.tfds_data_config("digits", 16, data_dir=data_dir, small_images="upscale")
+  images = np.concatenate(list(image_sets.from_data(config, "test[:24]").batches(64)))
+  assert images.shape == (24, 16, 16, 1) and images.dtype == np.uint8
+  folder = tmp_path / "same"
+  for i, image in enumerate(images):
+    visualize.save_png(image, str(folder / f"{i:02d}.png"))
+  common = dict(split="test[:24]", data_dir=data_dir, small_images="upscale", batch_size=16,
+                fid_method="eigvals", cache_dir=str(tmp_path / "cache"))
+  weights = inception_weights[1]
+  saved = str(tmp_path / "same_stats.npz")
+  first = fid.compute(str(folder), "tfds:digits", weights, metrics=("fid", "sfid", "prc"),
+                      save_stats=saved, **common)
+  trace = np.trace(statistics.load(saved).sigma)
+  print(f"identical sets: fid {first['fid']:.3e} (trace {trace:.3e}), sfid {first['sfid']:.3e}")
+  assert abs(first["fid"]) <= 1e-6 * trace and (first["precision"], first["recall"]) == (1, 1)
+  assert first["num_reference"] == 24 and os.path.isfile(first["reference_cache"])
+  stamp = os.stat(first["reference_cache"]).st_mtime_ns
+  with mock.patch.object(statistics, "measure", side_effect=AssertionError("re-extracted")):
+    again = fid.compute(saved, "tfds:digits", weights, image_size=16, **common)
+  assert again["reference_cache"] == first["reference_cache"]
+  assert os.stat(first["reference_cache"]).st_mtime_ns == stamp
+  assert again["fid"] == first["fid"] and again["precision"] == 1
+  # Statistics have no logits; KID's subsets (1,000) outnumber the samples.
+  assert set(again["not_computed"]) == {"isc", "kid"}
+  assert "there are 24 and 24" in again["not_computed"]["kid"]
+  with np.load(saved) as ours:
+    np.savez(tmp_path / "adm_batch.npz", arr_0=images, **{k: ours[k] for k in (
+        "mu", "sigma", "mu_s", "sigma_s")})
+  adm = fid.compute(str(folder), str(tmp_path / "adm_batch.npz"), weights,
+                    metrics=("fid", "sfid", "prc"), **common)
+  assert adm["reference_kind"] == "adm" and abs(adm["fid"]) <= 1e-6 * trace
+  assert (adm["precision"], adm["recall"]) == (1, 1)
+  with pytest.raises(ValueError, match=r"same_stats.npz holds statistics of mode 'tf1', the "
+                     r"samples are read with mode 'pytorch_fid'.*Use --mode=tf1"):
+    fid.compute(saved, "tfds:digits", weights, mode="pytorch_fid", image_size=16, **common)
+  with pytest.raises(ValueError, match=r"metrics: isc cannot be computed: .*same_stats.npz is "
+                     r"a statistics file"):
+    fid.compute(saved, str(folder), weights, metrics=("isc",), **common)
