@@ -4,6 +4,8 @@
   python sample.py --checkpoint=CONVERTED_DIR --prompt="a red car" --guidance_scale=3 --out=DIR
   python sample.py --workdir=SR_RUN --cond_image=low.png --out=DIR          (super-resolution)
   python sample.py --workdir=INPAINT_RUN --image=x.png --mask=hole.png --out=DIR
+  python sample.py --workdir=RUN --num_samples=50000 --stream --out=DIR   (for FID; resumable,
+      any number of processes: --process_index=i --process_count=n, or jax.distributed's)
 
 Defaults (sampler, steps, eta, guidance) come from the run's `config.sampling`. The batch is
 sharded over all local devices; the same --seed gives the same images.
@@ -32,6 +34,13 @@ flags.DEFINE_string("cond_image", None, "Low-resolution image (super-resolution)
 flags.DEFINE_string("image", None, "Inpainting: the image.")
 flags.DEFINE_string("mask", None, "Inpainting: the mask, white (1) = the hole to fill.")
 flags.DEFINE_string("semantic_map", None, "Semantic map of class ids (gray/palette PNG, .npy).")
+flags.DEFINE_bool("stream", False, "Evaluation-sized runs (unconditional / class models): "
+                  "batches written to --out as drawn, resumable, then one ADM-layout "
+                  "samples_NxHxWxC.npz (arr_0 images, arr_1 labels); no PNGs.")
+flags.DEFINE_integer("process_index", None, "--stream: this process's share (default: "
+                     "jax.process_index()).")
+flags.DEFINE_integer("process_count", None, "--stream: processes sharing the run (default: "
+                     "jax.process_count()).")
 flags.mark_flags_as_required(["out"])
 FLAGS = flags.FLAGS
 
@@ -47,6 +56,20 @@ def main(argv):
   class_label, prompt = FLAGS.class_label, FLAGS.prompt
   kwargs["class_label"] = class_label[0] if class_label and len(class_label) == 1 else class_label
   kwargs["prompt"] = prompt[0] if prompt and len(prompt) == 1 else prompt
+  if FLAGS.stream:
+    for name in ("cond_image", "image", "mask", "semantic_map"):
+      if kwargs.pop(name) is not None:
+        raise app.UsageError(f"--{name} with --stream: evaluation-sized sampling draws "
+                             f"unconditional and class-conditional models only.")
+    if kwargs.pop("prompt") is not None:
+      raise app.UsageError("--prompt with --stream: evaluation-sized sampling draws "
+                           "unconditional and class-conditional models only.")
+    path = files.run_stream(process_index=FLAGS.process_index,
+                            process_count=FLAGS.process_count, **kwargs)
+    print(f"wrote {path}" if path else f"this process's batches are in {FLAGS.out}/batches; "
+          f"process 0 writes the .npz once all are there (run it again then if it finished "
+          f"first).")
+    return
   result = files.run(**kwargs)
   print(f"wrote {len(result.images)} samples, grid.png, samples.npz and settings.json to "
         f"{FLAGS.out}")

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ldm_jax import visualize
+from ldm_jax.sampling import bulk
 from ldm_jax.sampling import sampler as sampler_lib
 
 
@@ -86,3 +87,25 @@ def run(*, out: str, workdir=None, checkpoint=None, step=None, use_ema=True, num
                         progress=progress, **arrays, **sample_kw)
   write(out, result, {"inputs": {k: os.path.abspath(v) for k, v in given.items() if v}})
   return result
+
+
+def run_stream(*, out: str, workdir=None, checkpoint=None, step=None, use_ema=True,
+               num_samples=None, class_label=None, process_index=None, process_count=None,
+               progress=True, **sample_kw) -> str | None:
+  """sample.py --stream: evaluation-sized sampling into `out` (ldm_jax/sampling/bulk.py).
+  With several JAX processes (jax.distributed), they meet when done and process 0 merges."""
+  import jax  # pylint: disable=import-outside-toplevel
+  distributed = process_index is None and process_count is None and jax.process_count() > 1
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  model = sampler_lib.load(workdir, checkpoint=checkpoint, step=step, use_ema=use_ema)
+  write = lambda: bulk.write(out, model, num_samples, class_label=class_label,
+                             process_index=process_index, process_count=process_count,
+                             progress=progress, **sample_kw)
+  path = write()
+  if distributed:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("ldm_jax sample.py --stream: batches drawn")
+    if process_index == 0:
+      path = write()  # Nothing left to draw: merges.
+  return path

@@ -133,6 +133,13 @@ class Sampler:
         jax.ShapeDtypeStruct((1, side, side, model.first_stage.channels), jnp.float32)
     ).shape[-1]
 
+  def set_params(self, params, step=None, source: str | None = None) -> None:
+    """Other parameters of the same shapes (a training run's newer EMA): the compiled
+    functions are kept."""
+    self._params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self.step = step
+    self.source = source or self.source
+
   @property
   def mode(self) -> str:
     return self.cond.type
@@ -186,10 +193,12 @@ class Sampler:
              cond_image=None, image=None, mask=None, semantic_map=None, sampler=None,
              steps=None, eta=None, guidance_scale=None, guidance_rescale=0.0, seed: int = 0,
              batch_size: int | None = None, progress: bool = False,
-             paste_known: bool = True) -> Samples:
+             paste_known: bool = True, first_index: int = 0) -> Samples:
     """Draws `num_samples` images (uint8). Images given as uint8 are in [0, 255], as float
     in [-1, 1]; masks are 1 (or True, or 255) in the hole. `paste_known` puts the unmasked
-    pixels of an inpainting image back into the samples (as CompVis' inpainting script)."""
+    pixels of an inpainting image back into the samples (as CompVis' inpainting script).
+    `first_index` (a multiple of the batch size) numbers these samples from there: drawn in
+    parts, a large set gets the images one call would give."""
     settings = self.settings(sampler=sampler, steps=steps, eta=eta,
                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
@@ -197,7 +206,10 @@ class Sampler:
     given = dict(class_label=class_label, prompt=prompt, cond_image=cond_image, image=image,
                  mask=mask, semantic_map=semantic_map)
     cond = inputs_lib.build(self, given, num_samples)
-    batch_size = self._batch_size(batch_size, cond.num_samples)
+    batch_size = self.batch_size_for(batch_size, cond.num_samples)
+    if first_index < 0 or first_index % batch_size:
+      raise ValueError(f"first_index={first_index}: expected a multiple of the batch size "
+                       f"({batch_size}) that is >= 0.")
     count = cond.num_samples
     batches = math.ceil(count / batch_size)
     fn = self._function(settings, cond.side, batch_size, progress)
@@ -211,8 +223,10 @@ class Sampler:
       for b in range(batches):
         index = np.minimum(np.arange(b * batch_size, (b + 1) * batch_size), count - 1)
         fields = {k: v[index] for k, v in cond.fields.items()}
-        placed = jax.device_put((fields, index.astype(np.int32)), self._batch_sharding)
-        out = fn(self._params, self._fs_params, *placed, np.uint32(seed), np.int32(b))
+        placed = jax.device_put((fields, (first_index + index).astype(np.int32)),
+                                self._batch_sharding)
+        out = fn(self._params, self._fs_params, *placed, np.uint32(seed),
+                 np.int32(first_index // batch_size + b))
         images.append(np.asarray(out)[:count - b * batch_size])
     finally:
       if self._progress is not None:
@@ -223,12 +237,14 @@ class Sampler:
       hole = cond.fields["mask"]
       images = hole * images + (1.0 - hole) * cond.fields["image"]
     settings.update(mode=self.mode, num_samples=count, seed=int(seed), batch_size=batch_size,
+                    first_index=int(first_index),
                     num_devices=self.num_devices, image_size=cond.side * self.model.first_stage
                     .downsample, checkpoint=self.source, step=self.step,
                     paste_known=bool(paste_known) if self.mode == "inpainting" else None)
     return Samples(visualize.to_uint8(images), cond.per_sample, cond.columns, settings)
 
-  def _batch_size(self, batch_size, count: int) -> int:
+  def batch_size_for(self, batch_size, count: int) -> int:
+    """The batch of `count` samples: `batch_size` checked, or the default."""
     devices = self.num_devices
     if batch_size is None:
       return devices * math.ceil(min(count, 32) / devices)
