@@ -21,6 +21,7 @@ from ldm_jax.data import pipeline
 from ldm_jax.models import networks
 from ldm_jax.parallel import sharding
 from ldm_jax.training import checkpoint
+from ldm_jax.training import evals as evals_lib
 from ldm_jax.training import preemption as preemption_lib
 from ldm_jax.training import stages
 
@@ -103,6 +104,7 @@ def _train_and_evaluate(config, workdir, preemption):
   workdir = os.path.abspath(workdir)
   mesh = sharding.create_mesh(config.mesh)
   stage = stages.create(config)
+  evaluators = evals_lib.create(config)  # Checked, weights read, before anything runs.
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   train_iter = pipeline.create_iterator(config.data, seed=config.seed, mesh=mesh, train=True)
@@ -177,6 +179,11 @@ def _train_and_evaluate(config, workdir, preemption):
         if results is not None:
           eval_metrics = results
           logging.info("Step %d eval: %s", step, eval_metrics)
+      if evaluators and not (jax.process_count() == 1 and preemption.requested):
+        measured = evals_lib.run(evaluators, stage, state, config, step)
+        if measured:
+          writer.write_scalars(step, measured)
+          eval_metrics = {**eval_metrics, **measured}
       stopping = _stop_after(preemption, step)
       if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
         checkpoint.save(manager, step, state, train_iter, config, force=True)
