@@ -17,6 +17,7 @@ from ldm_jax.eval import image_sets
 from ldm_jax.metrics import generative
 from ldm_jax.metrics import inception
 
+SPATIAL_DIM = 17 * 17 * inception.SPATIAL_CHANNELS
 MIN_RELIABLE = 2048  # Below this many samples FID is strongly biased (and pool3's 2048-d
                      # covariance is singular).
 
@@ -77,11 +78,16 @@ def _buffer(shape, memmap_bytes: int, folder: list) -> np.ndarray:
 
 
 def extract(images: image_sets.ImageSet, extractor: Extractor, *, keep_pool3: bool = False,
-            keep_logits: bool = False, memmap_bytes: int = 1 << 30,
-            progress: bool = False) -> Features:
-  """Streams `images` through `extractor`; see the module docstring."""
+            keep_logits: bool = False, memmap_bytes: int = 1 << 30, progress: bool = False,
+            processes: tuple[int, int] | None = None) -> Features:
+  """Streams `images` through `extractor`; see the module docstring. With several JAX
+  processes (`processes` = (index, count), default jax's), each reads and extracts its
+  contiguous part of the set and the results are gathered: every process returns the whole
+  set's features, in the set's order."""
+  index, parts = processes or (jax.process_index(), jax.process_count())
   if images.count < 2:
     raise ValueError(f"{images.name}: {images.count} image(s); the metrics need 2 at least.")
+  whole, images = images, images.shard(index, parts)
   out = Features(images.count, generative.Moments(), generative.Moments())
   if keep_pool3:
     out.pool3_all = _buffer((images.count, 2048), memmap_bytes, out.folder)
@@ -109,15 +115,45 @@ def extract(images: image_sets.ImageSet, extractor: Extractor, *, keep_pool3: bo
   finally:
     if bar is not None:
       bar.close()
-  if done < 2:
-    raise ValueError(f"{images.name}: {done} image(s) read; the metrics need 2 at least.")
   out.count = done  # Fewer than announced where a TFDS split skips small images.
   if keep_pool3:
     out.pool3_all = out.pool3_all[:done]
   if keep_logits:
     out.logits = out.logits[:done]
-  if done < MIN_RELIABLE:
+  if parts > 1:
+    _gather(out)
+  if out.count < 2:
+    raise ValueError(f"{whole.name}: {out.count} image(s) read; the metrics need 2 at least.")
+  if out.count < MIN_RELIABLE:
     logging.warning("%s: %d images. FID from fewer than %d samples is strongly biased and "
-                    "not comparable with published numbers (they use 50,000).", images.name,
-                    done, MIN_RELIABLE)
+                    "not comparable with published numbers (they use 50,000).", whole.name,
+                    out.count, MIN_RELIABLE)
   return out
+
+
+def allgather(array: np.ndarray) -> np.ndarray:
+  """[processes, ...] of every process's `array` (same shape on all); float64 travels as
+  bytes (JAX would narrow it to float32 without x64)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  array = np.ascontiguousarray(array)
+  raw = np.asarray(multihost_utils.process_allgather(array.view(np.uint8)))
+  return raw.view(array.dtype).reshape((raw.shape[0],) + array.shape)
+
+
+def _gather(out: Features) -> None:
+  """Combines the processes' parts of `out` in place (process order = the set's order)."""
+  counts = allgather(np.asarray([out.count], np.int64))[:, 0]
+  for moments, dim in ((out.pool3, 2048), (out.spatial, SPATIAL_DIM)):
+    total = moments.total if moments.count else np.zeros(dim)
+    outer = moments.outer if moments.count else np.zeros((dim, dim))
+    moments.total, moments.outer = allgather(total).sum(0), allgather(outer).sum(0)
+    moments.count = int(counts.sum())
+  for name in ("pool3_all", "logits"):
+    mine = getattr(out, name)
+    if mine is None:
+      continue
+    padded = np.zeros((int(counts.max()), mine.shape[1]), np.float32)
+    padded[:len(mine)] = mine
+    every = allgather(padded)
+    setattr(out, name, np.concatenate([every[i, :c] for i, c in enumerate(counts)]))
+  out.count = int(counts.sum())

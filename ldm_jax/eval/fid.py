@@ -18,7 +18,9 @@ follow torch-fidelity (IS: 10 splits; KID: 100 subsets of 1,000; seed 2020) and 
 evaluator (precision/recall on pool3). Without --metrics, every metric the two sides allow
 is computed (a statistics file has no per-image features for IS, KID or precision/recall
 unless it kept them) and the others are listed under `not_computed`. The papers' protocol
-is 50,000 samples against the whole training split.
+is 50,000 samples against the whole training split. Run on several JAX processes
+(jax.distributed), each reads and extracts its part of every set (a run's samples drawn in
+parts); process 0 computes the metrics and writes the files.
 """
 
 import json
@@ -26,6 +28,7 @@ import os
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 
 from ldm_jax.eval import features as features_lib
@@ -128,7 +131,8 @@ def compute(samples: str, reference: str, weights: str, *, mode: str = "tf1", me
             reference_mode: str | None = None, cache_dir=references.DEFAULT_CACHE,
             num_samples: int | None = None, seed: int = 0, sampling: dict | None = None,
             save_stats: str | None = None, progress: bool = False) -> dict:
-  """{metric: value, ..., 'mode', 'weights_sha256', 'num_samples', 'num_reference', ...}."""
+  """{metric: value, ..., 'mode', 'weights_sha256', 'num_samples', 'num_reference', ...}
+  (the metrics on process 0 only)."""
   explicit = metrics is not None
   metrics = tuple(METRICS if metrics is None else metrics)
   unknown = sorted(set(metrics) - set(METRICS))
@@ -184,68 +188,84 @@ def compute(samples: str, reference: str, weights: str, *, mode: str = "tf1", me
   elif ref.kind == "adm" and keep_pool3 and ref.pool3 is None:  # Its images give them.
     ref.pool3 = references.measure(image_sets.open_images(reference), extractor, sha,
                                    keep_pool3=True, progress=progress).pool3
+  if jax.process_index() > 0:  # Every process took part in the extraction; 0 measures.
+    return result
   result.update(compare(ours, ref, metrics, fid_method=fid_method, isc_splits=isc_splits,
                         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                         explicit=explicit))
   if skipped:
     result["not_computed"] = {**skipped, **result.get("not_computed", {})}
-  if save_stats:
+  if save_stats and jax.process_index() == 0:
     references.save(save_stats, ours, source=samples)
   return result
 
 
-_SAMPLES = flags.DEFINE_string("samples", None, "Folder, .npz of images or statistics, or a "
-                               "training run's workdir (with --num_samples).")
-_REFERENCE = flags.DEFINE_string("reference", None, "Folder, .npz of images or statistics, "
-                                 "or tfds:NAME (with --split, --image_size).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Inception .npz (ldm_jax.eval.inception_convert).")
-_MODE = flags.DEFINE_enum("mode", "tf1", inception.MODES, "Inputs as torch-fidelity/ADM "
-                          "(tf1, the papers') or as pytorch-fid.")
-_METRICS = flags.DEFINE_list("metrics", None, f"Some of {METRICS} (default: all the sides "
-                             "allow).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per step (over all devices).")
-_KID_SUBSETS = flags.DEFINE_integer("kid_subsets", 100, "KID: random subsets.")
-_KID_SIZE = flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per subset.")
-_FID_METHOD = flags.DEFINE_enum("fid_method", "sqrtm", generative.FID_METHODS,
-                                "sqrtm: pytorch-fid's (and the LDM paper's torch-fidelity "
-                                "0.3.0); eigvals: torch-fidelity 0.4.0's, for small sets.")
-_SPLIT = flags.DEFINE_string("split", "train", "tfds: reference split (the papers': train).")
-_SIZE = flags.DEFINE_integer("image_size", None, "tfds: reference side (default: the "
-                             "samples').")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds: prepared datasets' folder.")
-_RESIZE = flags.DEFINE_string("resize_method", "bicubic", "tfds: as the run's "
-                              "data.resize_method.")
-_SMALL = flags.DEFINE_string("small_images", "error", "tfds: as the run's data.small_images.")
-_CACHE = flags.DEFINE_string("cache_dir", references.DEFAULT_CACHE, "tfds: statistics cache "
-                             "('' for none).")
-_REF_MODE = flags.DEFINE_enum("reference_mode", None, inception.MODES, "The mode of a foreign "
-                              "statistics file made otherwise than its kind's usual way.")
-_NUM = flags.DEFINE_integer("num_samples", None, "Samples to draw from --samples=<run>.")
-_SEED = flags.DEFINE_integer("seed", 0, "Their seed.")
-_SAVE = flags.DEFINE_string("save_stats", None, "New .npz for the samples' statistics "
-                            "(ADM's keys mu, sigma, mu_s, sigma_s; pool3 when kept).")
-_OUT = flags.DEFINE_string("out", None, "New JSON file for the results.")
-flags.mark_flags_as_required(["samples", "reference", "weights", "out"])
+def _define_flags() -> dict:
+  """The command's flags, defined only when it runs (importing this module as a library, as
+  training's evaluators do, must not add required flags to the importer's command line)."""
+  f = {}
+  f["samples"] = flags.DEFINE_string("samples", None, "Folder, .npz of images or statistics, "
+                                     "or a training run's workdir (with --num_samples).")
+  f["reference"] = flags.DEFINE_string("reference", None, "Folder, .npz of images or "
+                                       "statistics, or tfds:NAME (with --split, --image_size).")
+  f["weights"] = flags.DEFINE_string("weights", None, "Inception .npz "
+                                     "(ldm_jax.eval.inception_convert).")
+  f["mode"] = flags.DEFINE_enum("mode", "tf1", inception.MODES, "Inputs as torch-fidelity/ADM "
+                                "(tf1, the papers') or as pytorch-fid.")
+  f["metrics"] = flags.DEFINE_list("metrics", None, f"Some of {METRICS} (default: all the "
+                                   "sides allow).")
+  f["batch_size"] = flags.DEFINE_integer("batch_size", 64, "Images per step (over all "
+                                         "devices).")
+  f["kid_subsets"] = flags.DEFINE_integer("kid_subsets", 100, "KID: random subsets.")
+  f["kid_subset_size"] = flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per "
+                                              "subset.")
+  f["fid_method"] = flags.DEFINE_enum(
+      "fid_method", "sqrtm", generative.FID_METHODS, "sqrtm: pytorch-fid's (and the LDM "
+      "paper's torch-fidelity 0.3.0); eigvals: torch-fidelity 0.4.0's, for small sets.")
+  f["split"] = flags.DEFINE_string("split", "train", "tfds: reference split (the papers': "
+                                   "train).")
+  f["image_size"] = flags.DEFINE_integer("image_size", None, "tfds: reference side (default: "
+                                         "the samples').")
+  f["data_dir"] = flags.DEFINE_string("data_dir", None, "tfds: prepared datasets' folder.")
+  f["resize_method"] = flags.DEFINE_string("resize_method", "bicubic", "tfds: as the run's "
+                                           "data.resize_method.")
+  f["small_images"] = flags.DEFINE_string("small_images", "error", "tfds: as the run's "
+                                          "data.small_images.")
+  f["cache_dir"] = flags.DEFINE_string("cache_dir", references.DEFAULT_CACHE, "tfds: "
+                                       "statistics cache ('' for none).")
+  f["reference_mode"] = flags.DEFINE_enum(
+      "reference_mode", None, inception.MODES, "The mode of a foreign statistics file made "
+      "otherwise than its kind's usual way.")
+  f["num_samples"] = flags.DEFINE_integer("num_samples", None, "Samples to draw from "
+                                          "--samples=<run>.")
+  f["seed"] = flags.DEFINE_integer("seed", 0, "Their seed.")
+  f["save_stats"] = flags.DEFINE_string("save_stats", None, "New .npz for the samples' "
+                                        "statistics (ADM's keys mu, sigma, mu_s, sigma_s; "
+                                        "pool3 when kept).")
+  f["out"] = flags.DEFINE_string("out", None, "New JSON file for the results.")
+  flags.mark_flags_as_required(["samples", "reference", "weights", "out"])
+  return f
 
 
-def main(argv):
+def main(argv, given: dict) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  if os.path.exists(_OUT.value):
-    raise FileExistsError(f"--out={_OUT.value} exists; results are never written over.")
-  result = compute(
-      _SAMPLES.value, _REFERENCE.value, _WEIGHTS.value, mode=_MODE.value,
-      metrics=None if _METRICS.value is None else tuple(_METRICS.value),
-      batch_size=_BATCH.value, kid_subsets=_KID_SUBSETS.value,
-      kid_subset_size=_KID_SIZE.value, fid_method=_FID_METHOD.value, split=_SPLIT.value,
-      image_size=_SIZE.value, data_dir=_DATA_DIR.value, resize_method=_RESIZE.value,
-      small_images=_SMALL.value, reference_mode=_REF_MODE.value, cache_dir=_CACHE.value,
-      num_samples=_NUM.value, seed=_SEED.value, save_stats=_SAVE.value, progress=True)
-  result.update(samples=_SAMPLES.value, reference=_REFERENCE.value)
-  with open(_OUT.value, "x") as f:
+  v = {k: holder.value for k, holder in given.items()}
+  if os.path.exists(v["out"]):
+    raise FileExistsError(f"--out={v['out']} exists; results are never written over.")
+  samples, reference, weights, out = (v.pop(k) for k in ("samples", "reference", "weights",
+                                                          "out"))
+  if v["metrics"] is not None:
+    v["metrics"] = tuple(v["metrics"])
+  result = compute(samples, reference, weights, progress=True, **v)
+  result.update(samples=samples, reference=reference)
+  if jax.process_index() > 0:
+    return
+  with open(out, "x") as f:
     json.dump(result, f, indent=1)
   print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _given = _define_flags()
+  app.run(lambda argv: main(argv, _given))

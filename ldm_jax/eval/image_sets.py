@@ -5,7 +5,8 @@
 A path is:
 - a folder of .png / .jpg / .jpeg files (top level only, sorted by real path and read as RGB,
   as torch-fidelity does: the order decides its IS shuffle and KID subsets); a folder written
-  by sample.py is read from its samples.npz, so that grid.png is not taken for a sample;
+  by sample.py is read from its samples.npz, so that grid.png is not taken for a sample, and
+  one of `sample.py --stream` from its samples_NxHxWxC.npz;
 - an .npz with uint8 [N, H, W, C] images under `images` (sample.py's samples.npz) or `arr_0`
   (ADM's sample and reference batches), read a batch at a time from the archive, never whole.
 
@@ -34,9 +35,20 @@ class ImageSet:
   channels: int
   # batch_size -> uint8 [<= batch_size, H, W, C] batches, in the set's order.
   _batches: Callable[[int], Iterator[np.ndarray]]
+  # (index, count) -> the index-th of `count` contiguous parts (one per JAX process).
+  _shard: Callable[[int, int], "ImageSet"] | None = None
+  split: str | None = None  # A TFDS split's name, as read.
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
     return self._batches(batch_size)
+
+  def shard(self, index: int, count: int) -> "ImageSet":
+    """Part `index` of `count` contiguous parts, in order: their concatenation is the set."""
+    if count == 1:
+      return self
+    if self._shard is None:
+      raise ValueError(f"{self.name} cannot be split over {count} processes.")
+    return self._shard(index, count)
 
 
 def _indexed(name, count, height, width, channels, read) -> ImageSet:
@@ -45,10 +57,29 @@ def _indexed(name, count, height, width, channels, read) -> ImageSet:
   def batches(batch_size):
     for start in range(0, count, batch_size):
       yield read(start, min(start + batch_size, count))
-  return ImageSet(name, count, height, width, channels, batches)
+
+  def shard(index, parts):
+    start, stop = index * count // parts, (index + 1) * count // parts
+    return _indexed(f"{name} (part {index + 1} of {parts})", stop - start, height, width,
+                    channels, lambda a, b: read(start + a, start + b))
+  return ImageSet(name, count, height, width, channels, batches, shard)
+
+
+def mapped(images: ImageSet, fn, name: str) -> ImageSet:
+  """The set of fn(batch) (uint8 -> uint8 of the same shape) over `images`' batches."""
+  return ImageSet(name, images.count, images.height, images.width, images.channels,
+                  lambda batch_size: (fn(b) for b in images.batches(batch_size)),
+                  lambda index, parts: mapped(images.shard(index, parts), fn,
+                                              f"{name} (part {index + 1} of {parts})"))
 
 
 def _folder(path: str) -> ImageSet:
+  if os.path.isfile(os.path.join(path, "plan.json")):  # sample.py --stream's folder.
+    done = sorted(f for f in os.listdir(path) if f.startswith("samples_") and f.endswith(".npz"))
+    if not done:
+      raise ValueError(f"{path} is an unfinished `sample.py --stream` run (no samples_*.npz "
+                       f"yet): run it again to finish it.")
+    return _npz(os.path.join(path, done[0]))
   if os.path.isfile(os.path.join(path, "samples.npz")) and os.path.isfile(
       os.path.join(path, "settings.json")):
     return _npz(os.path.join(path, "samples.npz"))
@@ -121,6 +152,7 @@ def from_data(data_config, split: str) -> ImageSet:
   from ldm_jax import visualize
   from ldm_jax.data import pipeline
   from ldm_jax.data import sources
+  import tensorflow_datasets as tfds
   data_config = data_config.copy_and_resolve_references()
   with data_config.unlocked():
     data_config.update(latent_key=None, degradation=None, label_key=None, caption_key=None,
@@ -128,7 +160,7 @@ def from_data(data_config, split: str) -> ImageSet:
   pipeline.validate(data_config)
   builder = sources.load_builder(data_config)
   try:
-    count = builder.info.splits[split].num_examples
+    builder.info.splits[split]  # pylint: disable=pointless-statement
   except (KeyError, ValueError) as e:
     raise ValueError(f"split={split!r} is not a split of dataset {builder.name!r}; it has "
                      f"{sorted(builder.info.splits.keys())}.") from e
@@ -136,20 +168,25 @@ def from_data(data_config, split: str) -> ImageSet:
   if data_config.image_key not in features:
     raise ValueError(f"data.image_key={data_config.image_key!r}: dataset {builder.name!r} has "
                      f"no such feature; it has {sorted(features.keys())}.")
-  feature = features[data_config.image_key]
-  channels = data_config.channels or feature.shape[-1]
+  channels = data_config.channels or features[data_config.image_key].shape[-1]
   size = data_config.image_size
 
-  def batches(batch_size):
-    dataset = pipeline.create_dataset(data_config, builder=builder, split=split, train=False,
-                                      seed=0, batch_size=batch_size, process_index=0,
-                                      process_count=1)
-    for batch in dataset.as_numpy_iterator():
-      images = batch["image"][batch["mask"]]
-      if len(images):
-        yield visualize.to_uint8(images)
-  name = f"tfds:{data_config.name}[{split}] at {size} px"
-  return ImageSet(name, count, size, size, channels, batches)
+  def part(index, parts):
+    local = tfds.split_for_jax_process(split, process_index=index, process_count=parts)
+
+    def batches(batch_size):
+      dataset = pipeline.create_dataset(data_config, builder=builder, split=split,
+                                        train=False, seed=0, batch_size=batch_size,
+                                        process_index=index, process_count=parts)
+      for batch in dataset.as_numpy_iterator():
+        images = batch["image"][batch["mask"]]
+        if len(images):
+          yield visualize.to_uint8(images)
+    name = f"tfds:{data_config.name}[{split}] at {size} px" + (
+        f" (part {index + 1} of {parts})" if parts > 1 else "")
+    return ImageSet(name, builder.info.splits[local].num_examples, size, size, channels,
+                    batches, part, split)
+  return part(0, 1)
 
 
 def _rebatched(parts: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -167,26 +204,19 @@ def from_sampler(model, num_samples: int, /, *, seed: int = 0, batch_size: int |
   labels = bulk.labels_for(model, num_samples, class_label)
   draw_batch = model.batch_size_for(batch_size, num_samples)
   model.settings(**settings)  # Checked now, not after the first batch.
-  numbers = range(-(-num_samples // draw_batch))
+  total = -(-num_samples // draw_batch)
 
-  def batches(step):
-    drawn = bulk.draw(model, labels, num_samples, draw_batch, numbers, seed=seed, **settings)
-    return _rebatched((images for _, images, _ in drawn), step)
-  side = int(model.config.data.image_size)
-  return ImageSet(f"{num_samples} samples of {model.source}", num_samples, side, side,
-                  model.image_channels, batches)
+  def part(index, parts):
+    numbers = range(index * total // parts, (index + 1) * total // parts)
+    count = min(numbers.stop * draw_batch, num_samples) - numbers.start * draw_batch
 
+    def batches(step):
+      drawn = bulk.draw(model, labels, num_samples, draw_batch, numbers, seed=seed,
+                        **settings)
+      return _rebatched((images for _, images, _ in drawn), step)
+    name = f"{num_samples} samples of {model.source}" + (
+        f" (part {index + 1} of {parts})" if parts > 1 else "")
+    side = int(model.config.data.image_size)
+    return ImageSet(name, max(count, 0), side, side, model.image_channels, batches, part)
+  return part(0, 1)
 
-def first(images: ImageSet, count: int) -> ImageSet:
-  """The first `count` images of a set (all of them, if it has fewer)."""
-  count = min(count, images.count)
-
-  def batches(batch_size):
-    left = count
-    for batch in images.batches(batch_size):
-      if left <= 0:
-        return
-      yield batch[:left]
-      left -= len(batch[:left])
-  return ImageSet(f"the first {count} of {images.name}", count, images.height, images.width,
-                  images.channels, batches)

@@ -15,7 +15,8 @@ Statistics are never compared across input modes or (where the file records them
 that is an error naming both.
 
 Reference statistics of a TFDS split are cached, in `cache_dir`, under a key of dataset,
-split, preprocessing, image size, mode and weights sha256 (`cached`).
+split, preprocessing, image size, mode and weights sha256 (`cached`; with several JAX
+processes all measure together and process 0 writes).
 """
 
 import dataclasses
@@ -26,6 +27,7 @@ import re
 import tempfile
 import zipfile
 
+import jax
 import numpy as np
 
 from ldm_jax.eval import features as features_lib
@@ -178,7 +180,10 @@ def cached(images: image_sets.ImageSet, key: dict, extractor: features_lib.Extra
     return measure(images, extractor, weights_sha256, keep_pool3=keep_pool3,
                    progress=progress), None
   path = cache_path(cache_dir, key)
-  if os.path.isfile(path):
+  found = os.path.isfile(path)
+  if jax.process_count() > 1:  # All processes read it, or all measure (a collective).
+    found = bool(features_lib.allgather(np.asarray([found])).all())
+  if found:
     stats = load(path)
     with np.load(path, allow_pickle=False) as data:
       stored = json.loads(str(data["ldm_jax"]))
@@ -188,8 +193,9 @@ def cached(images: image_sets.ImageSet, key: dict, extractor: features_lib.Extra
     stats.name = f"{images.name} (cached in {path})"
     return stats, path
   stats = measure(images, extractor, weights_sha256, keep_pool3=keep_pool3, progress=progress)
-  try:
-    save(path, stats, source=images.name, extra=dict(key=key))
-  except FileExistsError:  # Another process stored the same entry meanwhile.
-    pass
+  if jax.process_index() == 0:
+    try:
+      save(path, stats, source=images.name, extra=dict(key=key))
+    except FileExistsError:  # Another run stored the same entry meanwhile.
+      pass
   return stats, path

@@ -80,7 +80,11 @@ def _start(out: str, plan: dict) -> None:
           f"{k}: there {saved.get(k)!r}, now {plan.get(k)!r}" for k in diff)
                        + ". Use a new --out, or the same settings to resume.")
     return
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+  # Another process may be starting the same folder: its batches/ and temporary files are
+  # no reason to refuse.
+  others = [f for f in (os.listdir(out) if os.path.isdir(out) else [])
+            if f != _BATCHES and not f.endswith(".tmp")]
+  if os.path.isfile(out) or others:
     raise FileExistsError(f"--out={out} exists and is not a sampling run of --stream (no "
                           f"{_PLAN}); samples are never written over. Choose a new directory.")
   os.makedirs(os.path.join(out, _BATCHES), exist_ok=True)
@@ -107,7 +111,10 @@ def _write_member(archive: zipfile.ZipFile, name: str, shape, dtype, parts) -> N
   header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
             "shape": tuple(shape)}
   with archive.open(name, "w", force_zip64=True) as member:
-    np.lib.format.write_array_header_2_0(member, header)
+    try:  # Format 1.0 where the header fits, as numpy itself writes.
+      np.lib.format.write_array_header_1_0(member, header)
+    except ValueError:
+      np.lib.format.write_array_header_2_0(member, header)
     for part in parts:
       member.write(np.ascontiguousarray(part, dtype).tobytes())
 

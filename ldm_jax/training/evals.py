@@ -17,8 +17,8 @@ Other keys (defaults in `DEFAULTS`): `metrics` (some of fid, sfid, isc, kid, prc
 (Inception and sampling), `seed`, `sampling` (sampler / steps / eta / guidance_scale over
 config.sampling), `reference` (a statistics .npz or image set instead of the data split: needed
 for runs reading a latent cache), `kid_subsets`, `kid_subset_size`. Everything is checked, the
-weights read, before the first step. With several processes all take part in gathering the
-parameters; process 0 draws and measures.
+weights read, before the first step. With several processes, each draws and measures its
+part of the samples (ldm_jax/eval/features.py gathers the features).
 """
 
 import dataclasses
@@ -81,6 +81,9 @@ def _block(name: str, block, stage_name: str) -> dict:
   if "kid" in block["metrics"] and block["num_samples"] < block["kid_subset_size"]:
     raise ValueError(f"{where}: kid with kid_subset_size={block['kid_subset_size']} needs as "
                      f"many samples (num_samples={block['num_samples']}).")
+  if block["type"] == "rfid" and "[" in (block["split"] or ""):
+    raise ValueError(f"{where}: type 'rfid' takes the first num_samples images of a whole "
+                     f"split; split={block['split']!r} is a slice.")
   extra = sorted(set(block["sampling"]) - set(SAMPLING_KEYS))
   if extra:
     raise ValueError(f"{where}.sampling: unknown keys {extra}; expected some of "
@@ -140,13 +143,12 @@ def _reference(ev: Evaluator, config) -> references.Statistics:
       return references.load(path)
     return references.measure(image_sets.open_images(path), ev.extractor, ev.sha,
                               keep_pool3=keep_pool3)
-  split = block["split"] or (config.data.train_split if block["type"] == "fid" else
-                             config.data.eval_split)
-  images = image_sets.from_data(config.data, split)
-  key = fid_lib.data_key(config.data, split)
   if block["type"] == "rfid":
-    images = image_sets.first(images, block["num_samples"])
-    key["first"] = block["num_samples"]
+    images = _originals(config, block)
+  else:
+    images = image_sets.from_data(config.data, block["split"] or config.data.train_split)
+  # The split as read ('test[:8]' for rfid's first 8) names the images.
+  key = fid_lib.data_key(config.data, images.split)
   stats, _ = references.cached(images, key, ev.extractor, ev.sha,
                                cache_dir=block["cache_dir"], keep_pool3=keep_pool3)
   return stats
@@ -166,38 +168,43 @@ def _samples(ev: Evaluator, stage, state, config, step: int) -> image_sets.Image
                                    batch_size=block["batch_size"], **block["sampling"])
   # rfid: the reconstructions of the reference images.
   ae_params = _host(state.params["generator"]["autoencoder"])
-  split = block["split"] or config.data.eval_split
-  originals = image_sets.first(image_sets.from_data(config.data, split), block["num_samples"])
+  originals = _originals(config, block)
   if ev.model is None:
     ev.model = jax.jit(stage.reconstruct)
+  batch_size = ev.extractor.batch_size
 
-  def batches(batch_size):
-    for images in originals.batches(batch_size):
-      count = len(images)  # The last batch padded: one program.
-      x = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
-      recon = ev.model(ae_params, x.astype(np.float32) / 127.5 - 1.0)
-      yield visualize.to_uint8(np.asarray(recon)[:count])
-  return image_sets.ImageSet(f"reconstructions of {originals.name}", originals.count,
-                             originals.height, originals.width, originals.channels, batches)
+  def reconstruct(images):
+    count = len(images)  # The last batch padded: one program.
+    x = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
+    recon = ev.model(ae_params, x.astype(np.float32) / 127.5 - 1.0)
+    return visualize.to_uint8(np.asarray(recon)[:count])
+  return image_sets.mapped(originals, reconstruct, f"reconstructions of {originals.name}")
+
+
+def _originals(config, block) -> image_sets.ImageSet:
+  """rfid: the first num_samples images of the split."""
+  split = block["split"] or config.data.eval_split
+  return image_sets.from_data(config.data, f"{split}[:{block['num_samples']}]")
 
 
 def run(evaluators: list[Evaluator], stage, state, config, step: int) -> dict:
-  """The due evaluators' metrics as {'<name>/<metric>': value} (on process 0; {} elsewhere,
-  after taking part in gathering the parameters)."""
+  """The due evaluators' metrics as {'<name>/<metric>': value}; with several processes, each
+  draws and extracts its part of the samples (and of the reference, when it is measured),
+  and process 0 computes the metrics ({} elsewhere)."""
   results = {}
   for ev in evaluators:
     if not ev.due(step, int(config.num_steps)):
       continue
     block = ev.block
     images = _samples(ev, stage, state, config, step)
-    if jax.process_index() != 0:
-      continue
     if ev.reference is None:
       ev.reference = _reference(ev, config)
     metrics = tuple(block["metrics"])
     ours = references.measure(images, ev.extractor, ev.sha,
                               keep_pool3=bool({"kid", "prc"} & set(metrics)),
                               keep_logits="isc" in metrics)
+    if jax.process_index() > 0:  # It took part in the extraction; process 0 measures.
+      continue
     found = fid_lib.compare(ours, ev.reference, metrics, fid_method=block["fid_method"],
                             kid_subsets=block["kid_subsets"],
                             kid_subset_size=block["kid_subset_size"])

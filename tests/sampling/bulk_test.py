@@ -47,7 +47,7 @@ def test_split_interrupted_resumed_equals_one_call(tiny_run, tmp_path):
   np.testing.assert_array_equal(labels, np.arange(20) * 10 // 20)  # Classes spread evenly.
   whole = model.sample(20, class_label=[int(l) for l in labels], **SETTINGS)
   assert np.abs(images.astype(int) - whole.images.astype(int)).max() <= 1
-  assert image_sets.open_images(path).count == 20
+  assert image_sets.open_images(path).count == image_sets.open_images(out).count == 20
   # Done: running it again draws nothing and returns the result.
   with mock.patch.object(model, "sample", side_effect=AssertionError("drew again")):
     assert bulk.write(out, model, 20, progress=False, **SETTINGS) == path

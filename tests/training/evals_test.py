@@ -65,6 +65,11 @@ def test_autoencoder_rfid_of_reconstructions(data_dir, inception_weights, tmp_pa
   config.evals = ml_collections.ConfigDict({"rfid": _block(
       inception_weights[1], str(tmp_path / "cache"), type="rfid", split="test",
       metrics=("fid",), every=2)})
+  sliced = config.copy_and_resolve_references()
+  sliced.evals.rfid.split = "test[:8]"
+  with pytest.raises(ValueError, match=r"evals.rfid: type 'rfid' takes the first num_samples "
+                     r"images of a whole split; split='test\[:8\]' is a slice"):
+    evals.create(sliced)
   stage = autoencoder_stage.AutoencoderStage(config)
   state = jax.jit(stage.init_state)(jax.random.key(0))
   (evaluator,) = evals.create(config)
@@ -93,3 +98,10 @@ def test_eval_blocks_are_checked_before_training(inception_weights):
   config.evals = ml_collections.ConfigDict({"fid": dict(type="fid", every=10)})
   with pytest.raises(ValueError, match=r"evals.fid.num_samples is required"):
     evals.create(config)
+
+
+def test_importing_the_evaluators_defines_no_command_line_flags():
+  """The FID command's flags (required ones among them) are not forced on train.py."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  assert evals.fid_lib.__name__ == "ldm_jax.eval.fid"
+  assert not {"samples", "reference", "save_stats", "cache_dir"} & set(flags.FLAGS)
