@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # The whole suite (parity and slow tests included), on two workers.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=30 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 tests
 
 # The main job on the bundled digits, end to end on a CPU: the autoencoder, the class-
 # conditional LDM on its latents, then samples (one row per digit) and the quality report.

@@ -72,6 +72,16 @@ TEST_BUDGET_SECONDS = 120.0
 _SETUP_SECONDS = pytest.StashKey[float]()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Slow tests first (in their file order), so that the two workers do not end on one long
+  test while the other idles. The tests that start several JAX processes share
+  xdist_group('processes') (`make test` runs --dist loadgroup): one worker runs them one
+  after the other, as two of them at once (six processes on two cores) slow each past its
+  budget."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _under_ci() -> bool:
   return os.environ.get("CI", "").lower() not in ("", "0", "false")
 

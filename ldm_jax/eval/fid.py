@@ -185,9 +185,10 @@ def compute(samples: str, reference: str, weights: str, *, mode: str = "tf1", me
         keep_pool3=keep_pool3, progress=progress)
   elif isinstance(ref, image_sets.ImageSet):
     ref = references.measure(ref, extractor, sha, keep_pool3=keep_pool3, progress=progress)
-  elif ref.kind == "adm" and keep_pool3 and ref.pool3 is None:  # Its images give them.
-    ref.pool3 = references.measure(image_sets.open_images(reference), extractor, sha,
-                                   keep_pool3=True, progress=progress).pool3
+  for side, path in ((ours, samples), (ref, reference)):
+    if side.kind == "adm" and keep_pool3 and side.pool3 is None:  # Its images give them.
+      side.pool3 = references.measure(image_sets.open_images(path), extractor, sha,
+                                      keep_pool3=True, progress=progress).pool3
   if jax.process_index() > 0:  # Every process took part in the extraction; 0 measures.
     return result
   result.update(compare(ours, ref, metrics, fid_method=fid_method, isc_splits=isc_splits,
@@ -195,7 +196,7 @@ def compute(samples: str, reference: str, weights: str, *, mode: str = "tf1", me
                         explicit=explicit))
   if skipped:
     result["not_computed"] = {**skipped, **result.get("not_computed", {})}
-  if save_stats and jax.process_index() == 0:
+  if save_stats:
     references.save(save_stats, ours, source=samples)
   return result
 

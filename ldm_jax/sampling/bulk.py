@@ -162,9 +162,9 @@ def write(out: str, model: "sampler_lib.Sampler", num_samples: int, /, *, seed: 
     raise ValueError(f"process_index={process_index}: expected 0 .. {process_count - 1}.")
   if num_samples is None or num_samples < 1:
     raise ValueError(f"num_samples={num_samples}: --stream needs a positive number.")
+  labels = labels_for(model, num_samples, class_label)
   batch_size = model.batch_size_for(batch_size, num_samples)
   out = os.path.abspath(os.path.expanduser(out))
-  labels = labels_for(model, num_samples, class_label)
   plan = _plan(model, num_samples, batch_size, seed, class_label, settings)
   _start(out, plan)
   if _finished(out, num_samples):

@@ -1,6 +1,6 @@
 """`python -m ldm_jax.eval.fid` end to end on small image sets, against torch-fidelity's
-calculate_metrics and pytorch-fid's calculate_fid_given_paths on the same PNG folders and
-random Inception weights; sets read from folders and .npz files alike; 8 devices = 1."""
+calculate_metrics and pytorch-fid on the same images and random Inception weights; sets read
+from folders, .npz files, TFDS splits and statistics files; 8 devices = 1 = 2 processes."""
 
 import json
 import os
@@ -55,7 +55,8 @@ def test_metrics_equal_torch_fidelity(sets, inception_weights, tmp_path):
   out = tmp_path / "result.json"
   done = subprocess.run(
       [sys.executable, "-m", "ldm_jax.eval.fid", f"--samples={sets['samples']}",
-       f"--reference={sets['reference']}", f"--weights={inception_weights[1]}",
+       # The folder torch-fidelity reads, as an .npz of the same (lossless) images.
+       f"--reference={sets['reference']}.npz", f"--weights={inception_weights[1]}",
        f"--out={out}", "--batch_size=16", "--kid_subsets=5", "--kid_subset_size=12",
        "--fid_method=eigvals"],  # torch-fidelity 0.4.0's (these few samples: see below).
       cwd=ROOT, capture_output=True, text=True, timeout=600, env=subprocesses.environment(),
@@ -146,6 +147,7 @@ def test_image_sets_and_their_errors(sets, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")  # See tests/conftest.py.
 def test_two_processes_equal_one(data_dir, inception_weights, tmp_path):
   """Two JAX processes (2 devices each), each reading and extracting its part of the samples
   and of the TFDS split, then gathering, give the numbers of one process on 8 devices."""
@@ -192,8 +194,14 @@ def test_tfds_reference_statistics_files_and_the_cache(data_dir, inception_weigh
   weights = inception_weights[1]
   saved = str(tmp_path / "same_stats.npz")
   # (Each Fréchet distance is an eigen-decomposition of 2048 x 2048: a few per test.)
-  first = fid.compute(str(folder), "tfds:digits", weights, metrics=("fid", "prc"),
-                      save_stats=saved, **common)
+  done = subprocess.run(
+      [sys.executable, "-m", "ldm_jax.eval.fid", f"--samples={folder}",
+       "--reference=tfds:digits", f"--weights={weights}", f"--out={tmp_path / 'first.json'}",
+       "--metrics=fid,prc", f"--save_stats={saved}"] + [f"--{k}={v}" for k, v in common.items()],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=subprocesses.environment(),
+      check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  first = json.loads((tmp_path / "first.json").read_text())
   trace = np.trace(statistics.load(saved).sigma)
   print(f"identical sets: fid {first['fid']:.3e} (trace {trace:.3e})")
   assert abs(first["fid"]) <= 1e-6 * trace and (first["precision"], first["recall"]) == (1, 1)

@@ -28,6 +28,7 @@ def _run(args, env, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")  # See tests/conftest.py.
 def test_two_process_training_matches_one_process(data_dir, tmp_path):
   env = subprocesses.environment()
   port, workdir = str(_free_port()), str(tmp_path / "run")
