@@ -172,7 +172,8 @@ def cached(images: image_sets.ImageSet, key: dict, extractor: features_lib.Extra
            weights_sha256: str, *, cache_dir: str | None, keep_pool3: bool = False,
            progress: bool = False) -> tuple[Statistics, str | None]:
   """(statistics, cache file) of `images`, read from `cache_dir` when an entry with the same
-  key (and pool3 features, when `keep_pool3`) exists, else measured and stored there.
+  key (and pool3 features, when `keep_pool3`; an entry with them serves without) exists, else
+  measured and stored there.
   cache_dir None or '': measured, not stored."""
   key = dict(key, format=FORMAT, mode=extractor.mode, weights_sha256=weights_sha256,
              pool3_kept=bool(keep_pool3))
@@ -180,6 +181,9 @@ def cached(images: image_sets.ImageSet, key: dict, extractor: features_lib.Extra
     return measure(images, extractor, weights_sha256, keep_pool3=keep_pool3,
                    progress=progress), None
   path = cache_path(cache_dir, key)
+  fuller = cache_path(cache_dir, dict(key, pool3_kept=True))  # Serves without pool3 too.
+  if not keep_pool3 and not os.path.isfile(path) and os.path.isfile(fuller):
+    key, path = dict(key, pool3_kept=True), fuller
   found = os.path.isfile(path)
   if jax.process_count() > 1:  # All processes read it, or all measure (a collective).
     found = bool(features_lib.allgather(np.asarray([found])).all())

@@ -148,29 +148,30 @@ def test_image_sets_and_their_errors(sets, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")  # See tests/conftest.py.
-def test_two_processes_equal_one(data_dir, inception_weights, tmp_path):
-  """Two JAX processes (2 devices each), each reading and extracting its part of the samples
-  and of the TFDS split, then gathering, give the numbers of one process on 8 devices."""
+def test_two_processes_equal_one(inception_weights, tmp_path):
+  """Two JAX processes (2 devices each), each reading and extracting its part of both sets,
+  then gathering, give the numbers of one process on 8 devices. (TFDS splits are split with
+  split_for_jax_process: tests/eval/fid_test.py::test_tfds_reference_...)"""
   from tests.eval import _fid_worker  # pylint: disable=import-outside-toplevel
   from tests.training import multihost_test  # pylint: disable=import-outside-toplevel
-  samples = str(tmp_path / "samples.npz")
+  samples, reference = str(tmp_path / "samples.npz"), str(tmp_path / "reference.npz")
   np.savez(samples, arr_0=metrics_fixtures.random_images(16, 10, 3)[..., :1])
+  np.savez(reference, arr_0=metrics_fixtures.random_images(16, 11, 4))
   port = str(multihost_test._free_port())  # pylint: disable=protected-access
   workers = [subprocess.Popen(
       [sys.executable, "-m", "tests.eval._fid_worker", str(i), port, inception_weights[1],
-       samples, data_dir, str(tmp_path / "two.json")], cwd=ROOT,
+       samples, reference, str(tmp_path / "two.json")], cwd=ROOT,
       env=subprocesses.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
   try:
-    one = fid.compute(samples, "tfds:digits", inception_weights[1], data_dir=data_dir,
-                      **_fid_worker.ARGS)
+    one = fid.compute(samples, reference, inception_weights[1], **_fid_worker.ARGS)
   finally:
     logs = [w.communicate(timeout=900)[0] for w in workers]
   for worker, log in zip(workers, logs):
     assert worker.returncode == 0, log[-4000:]
   two = json.loads((tmp_path / "two.json").read_text())
   assert (two["num_samples"], two["num_reference"]) == (one["num_samples"],
-                                                        one["num_reference"]) == (10, 12)
+                                                        one["num_reference"]) == (10, 11)
   keys = ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall")
   errors = {k: abs(two[k] - one[k]) / max(abs(one[k]), 1e-12) for k in keys}
   print(f"two processes x 2 devices vs one x 8: relative differences {errors}")
@@ -186,6 +187,11 @@ def test_tfds_reference_statistics_files_and_the_cache(data_dir, inception_weigh
   config = fid.tfds_data_config("digits", 16, data_dir=data_dir, small_images="upscale")
   images = np.concatenate(list(image_sets.from_data(config, "test[:12]").batches(64)))
   assert images.shape == (12, 16, 16, 1) and images.dtype == np.uint8
+  whole = image_sets.from_data(config, "test[:12]")  # As each of 2 processes reads it:
+  parts = [whole.shard(i, 2) for i in range(2)]
+  assert [p.count for p in parts] == [6, 6]
+  np.testing.assert_array_equal(np.concatenate([b for p in parts for b in p.batches(4)]),
+                                images)
   folder = tmp_path / "same"
   for i, image in enumerate(images):
     visualize.save_png(image, str(folder / f"{i:02d}.png"))
@@ -207,14 +213,17 @@ def test_tfds_reference_statistics_files_and_the_cache(data_dir, inception_weigh
   assert abs(first["fid"]) <= 1e-6 * trace and (first["precision"], first["recall"]) == (1, 1)
   assert first["num_reference"] == 12 and os.path.isfile(first["reference_cache"])
   stamp = os.stat(first["reference_cache"]).st_mtime_ns
+  with np.load(saved) as ours:  # As pytorch-fid's --save-stats writes them: mu, sigma only.
+    np.savez(tmp_path / "bare.npz", mu=ours["mu"], sigma=ours["sigma"])
   with mock.patch.object(statistics, "measure", side_effect=AssertionError("re-extracted")):
-    again = fid.compute(saved, "tfds:digits", weights, image_size=16, **common)
+    again = fid.compute(str(tmp_path / "bare.npz"), "tfds:digits", weights, image_size=16,
+                        reference_mode="tf1", **common)  # (Declared: made with tf1 inputs.)
   assert again["reference_cache"] == first["reference_cache"]
   assert os.stat(first["reference_cache"]).st_mtime_ns == stamp
-  assert again["fid"] == first["fid"] and again["precision"] == 1
-  # Statistics have no logits; KID's subsets (1,000) outnumber the samples.
-  assert set(again["not_computed"]) == {"isc", "kid"}
-  assert "there are 12 and 12" in again["not_computed"]["kid"]
+  assert again["fid"] == pytest.approx(first["fid"], rel=1e-9, abs=1e-9)
+  # What bare statistics cannot give is listed, with the reason.
+  assert set(again["not_computed"]) == {"sfid", "isc", "kid", "prc"}
+  assert "bare.npz has no spatial statistics" in again["not_computed"]["sfid"]
   with np.load(saved) as ours:
     np.savez(tmp_path / "adm_batch.npz", arr_0=images, **{k: ours[k] for k in (
         "mu", "sigma", "mu_s", "sigma_s")})

@@ -70,3 +70,14 @@ def test_cache_entries_are_keyed_by_everything_that_changes_the_numbers(tmp_path
   others = [dict(base, mode="pytorch_fid"), dict(base, mode="tf1", split="test"),
             dict(base, mode="tf1", image_size=128), dict(base, mode="tf1", resize="area")]
   assert len({path, *(references.cache_path(str(tmp_path), k) for k in others)}) == 5
+
+
+def test_kid_on_too_few_samples_is_listed_unless_asked_for():
+  from ldm_jax.eval import fid  # pylint: disable=import-outside-toplevel
+  ours, ref = _stats(), _stats()
+  listed = fid.compare(ours, ref, ("kid",), kid_subset_size=1000, explicit=False)
+  assert "kid_mean" not in listed
+  assert "there are 6 and 6" in listed["not_computed"]["kid"]
+  with pytest.raises(ValueError, match="KID: subsets of 1000 need that many samples"):
+    fid.compare(ours, ref, ("kid",), kid_subset_size=1000)
+  assert fid.compare(ours, ref, ("kid",), kid_subsets=3, kid_subset_size=4)["kid_std"] >= 0
