@@ -51,6 +51,7 @@ class Statistics:
   logits: np.ndarray | None = None  # [N, 1008] float32 (IS of an image set).
   weights_sha256: str | None = None  # None: not recorded (pytorch-fid's, ADM's files).
   kind: str = "images"  # 'images', 'ldm_jax', 'pytorch_fid' or 'adm'.
+  meta: dict = dataclasses.field(default_factory=dict)  # Our files' JSON record.
   keep: list = dataclasses.field(default_factory=list, repr=False)  # Memory-map owners.
 
 
@@ -105,7 +106,7 @@ def load(path: str, *, declared_mode: str | None = None) -> Statistics:
                        f"{declared_mode!r}.")
     return Statistics(path, meta["mode"], meta["count"], mu, sigma, *spatial,
                       pool3=arrays.get("pool3"), weights_sha256=meta["weights_sha256"],
-                      kind="ldm_jax")
+                      kind="ldm_jax", meta=meta)
   if "arr_0" in keys:  # ADM's reference batch: TF graph statistics + images.
     kind, mode = "adm", "tf1"
   else:
@@ -137,14 +138,14 @@ def check_comparable(samples: Statistics, reference: Statistics) -> None:
 
 
 def save(path: str, stats: Statistics, *, source: str | None = None,
-         keep_pool3: bool = True, extra: dict | None = None) -> None:
+         extra: dict | None = None) -> None:
   """Writes `stats` to a new .npz (never over a file; see the module docstring)."""
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists; statistics are never written over.")
   arrays = dict(mu=stats.mu, sigma=stats.sigma)
   if stats.mu_s is not None:
     arrays.update(mu_s=stats.mu_s, sigma_s=stats.sigma_s)
-  if keep_pool3 and stats.pool3 is not None:
+  if stats.pool3 is not None:
     arrays["pool3"] = np.asarray(stats.pool3, np.float32)
   meta = dict(format=FORMAT, mode=stats.mode, weights_sha256=stats.weights_sha256,
               count=stats.count, source=source or stats.name, **(extra or {}))
@@ -189,11 +190,9 @@ def cached(images: image_sets.ImageSet, key: dict, extractor: features_lib.Extra
     found = bool(features_lib.allgather(np.asarray([found])).all())
   if found:
     stats = load(path)
-    with np.load(path, allow_pickle=False) as data:
-      stored = json.loads(str(data["ldm_jax"]))
-    if stored.get("key") != key:
-      raise ValueError(f"{path} is not the cache entry of {key} (it holds {stored.get('key')})"
-                       f"; remove it.")
+    if stats.meta.get("key") != key:
+      raise ValueError(f"{path} is not the cache entry of {key} (it holds "
+                       f"{stats.meta.get('key')}); remove it.")
     stats.name = f"{images.name} (cached in {path})"
     return stats, path
   stats = measure(images, extractor, weights_sha256, keep_pool3=keep_pool3, progress=progress)
