@@ -22,6 +22,7 @@ import numpy as np
 
 from ldm_jax.models import factory
 from ldm_jax.models.unet import UNet
+from ldm_jax.models.uvit import UViT
 
 # Parameter-tree keys renamed since: {new: old}.
 LEGACY_PARAM_KEYS = {"network": "unet"}
@@ -37,6 +38,7 @@ class Spec:
   num_classes: int | None  # Entries of its label embedding (None: takes no labels).
   size_multiple: int  # Input sides must be multiples of this.
   dropout: float  # > 0: it has dropout (training passes a 'dropout' rng).
+  logsnr_input: bool = False  # Its time input must be the logSNR (simple diffusion).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +54,23 @@ def _unet_spec(block) -> Spec:
                            block.get("use_spatial_transformer", True) else None),
               num_classes=block.get("num_classes"),
               size_multiple=2 ** (len(block.channel_mult) - 1),
-              dropout=float(block.get("dropout") or 0.0))
+              dropout=float(block.get("dropout") or 0.0),
+              logsnr_input=bool(block.get("logsnr_input", False)))
 
 
-FAMILIES = {"unet": Family(UNet, _unet_spec)}
+def _uvit_spec(block) -> Spec:
+  defaults = UViT()
+  get = lambda key: block.get(key, getattr(defaults, key))
+  return Spec(type="uvit", in_channels=int(block.in_channels),
+              out_channels=int(block.out_channels),
+              context_dim=int(block.context_dim) if block.get("context_dim") else None,
+              num_classes=block.get("num_classes"),
+              size_multiple=int(get("patch_size")) * 2 ** len(get("channels")),
+              dropout=max(float(get("dropout") or 0.0), float(get("res_dropout") or 0.0)),
+              logsnr_input=bool(get("logsnr_input")))
+
+
+FAMILIES = {"unet": Family(UNet, _unet_spec), "uvit": Family(UViT, _uvit_spec)}
 TYPES = tuple(FAMILIES)
 
 

@@ -10,6 +10,11 @@ Attention blocks sit after each ResBlock of the levels whose downsampling factor
 (self + cross attention, GEGLU) when `use_spatial_transformer`, else plain self-attention
 blocks (the unconditional/class-conditional openai UNet, diffusers' UNet2DModel). Heads:
 `num_head_channels` channels each when set (> 0), else `num_heads` heads.
+
+simple diffusion's U-Net is this network with `logsnr_input=True` (the time input is the
+logSNR, embedded as `layers.logsnr_time(logSNR)`) and `dropout_resolutions`: the
+downsampling factors (as `attention_resolutions`) whose ResBlocks and transformers get
+`dropout`, the middle block counting as the deepest level; None: every level.
 """
 
 from typing import Any, Sequence
@@ -40,6 +45,8 @@ class UNet(nn.Module):
   num_classes: int | None = None
   scale_shift: bool = False
   dropout: float = 0.0
+  dropout_resolutions: Sequence[int] | None = None
+  logsnr_input: bool = False
   groups: int = 32
   deterministic: bool = True
   remat: bool = False
@@ -59,14 +66,19 @@ class UNet(nn.Module):
                        f"num_heads={self.num_heads} heads.")
     return self.num_heads, channels // self.num_heads
 
-  def _res(self, channels, name):
+  def _dropout(self, level: int) -> float:
+    if self.dropout_resolutions is None or 2**level in self.dropout_resolutions:
+      return self.dropout
+    return 0.0
+
+  def _res(self, channels, name, level):
     block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
-    return block(channels, groups=self.groups, epsilon=1e-5, dropout=self.dropout,
+    return block(channels, groups=self.groups, epsilon=1e-5, dropout=self._dropout(level),
                  scale_shift=self.scale_shift, zero_init_out=True,
                  deterministic=self.deterministic, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=name)
 
-  def _attn(self, h, context, name):
+  def _attn(self, h, context, name, level):
     heads, head_dim = self.heads_for(h.shape[-1])
     kw = dict(zero_init_out=True, attention_impl=self.attention_impl, dtype=self.dtype,
               param_dtype=self.param_dtype, name=name)
@@ -75,7 +87,8 @@ class UNet(nn.Module):
           attention.SpatialTransformer)
       return block(heads, head_dim, depth=self.transformer_depth,
                    linear_projection=self.linear_projection, groups=self.groups,
-                   dropout=self.dropout, deterministic=self.deterministic, **kw)(h, context)
+                   dropout=self._dropout(level), deterministic=self.deterministic,
+                   **kw)(h, context)
     block = nn.remat(attention.SpatialSelfAttention) if self.remat else (
         attention.SpatialSelfAttention)
     return block(heads=heads, groups=self.groups, epsilon=1e-5, **kw)(h)
@@ -92,6 +105,8 @@ class UNet(nn.Module):
     if context is not None and self.context_dim is None:
       raise ValueError("UNet: a context was given but context_dim is None.")
     t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+    if self.logsnr_input:
+      t = layers.logsnr_time(t)
     emb = layers.timestep_embedding(t, self.model_channels).astype(self.dtype)
     emb = layers.TimestepMLP(4 * self.model_channels, name="time_embedding", **kw)(emb)
     if self.num_classes is not None:
@@ -105,27 +120,30 @@ class UNet(nn.Module):
     for level, mult in enumerate(self.channel_mult):
       attend = 2**level in self.attention_resolutions
       for i in range(self.num_res_blocks):
-        h = self._res(self.model_channels * mult, f"down_blocks_{level}/resnets_{i}")(h, emb)
+        h = self._res(self.model_channels * mult, f"down_blocks_{level}/resnets_{i}",
+                      level)(h, emb)
         if attend:
-          h = self._attn(h, context, f"down_blocks_{level}/attentions_{i}")
+          h = self._attn(h, context, f"down_blocks_{level}/attentions_{i}", level)
         skips.append(h)
       if level != levels - 1:
         h = layers.Downsample(h.shape[-1], name=f"down_blocks_{level}/downsamplers_0",
                               **kw)(h)
         skips.append(h)
 
-    h = self._res(h.shape[-1], "mid_block/resnets_0")(h, emb)
-    h = self._attn(h, context, "mid_block/attentions_0")
-    h = self._res(h.shape[-1], "mid_block/resnets_1")(h, emb)
+    deepest = levels - 1
+    h = self._res(h.shape[-1], "mid_block/resnets_0", deepest)(h, emb)
+    h = self._attn(h, context, "mid_block/attentions_0", deepest)
+    h = self._res(h.shape[-1], "mid_block/resnets_1", deepest)(h, emb)
 
     for up, mult in enumerate(reversed(self.channel_mult)):
       level = levels - 1 - up
       attend = 2**level in self.attention_resolutions
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = self._res(self.model_channels * mult, f"up_blocks_{up}/resnets_{i}")(h, emb)
+        h = self._res(self.model_channels * mult, f"up_blocks_{up}/resnets_{i}",
+                      level)(h, emb)
         if attend:
-          h = self._attn(h, context, f"up_blocks_{up}/attentions_{i}")
+          h = self._attn(h, context, f"up_blocks_{up}/attentions_{i}", level)
       if level != 0:
         h = layers.Upsample(h.shape[-1], name=f"up_blocks_{up}/upsamplers_0", **kw)(h)
 

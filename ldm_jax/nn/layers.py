@@ -152,6 +152,15 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
   return emb
 
 
+def logsnr_time(logsnr: jax.Array, scale: float = 1000.0) -> jax.Array:
+  """The time input of a network conditioned on logSNR: arctan(exp(-logSNR / 2)) / (pi / 2),
+  the t of the plain cosine schedule with that logSNR, times `scale` (the range of
+  `timestep_embedding`'s usual inputs); logSNR clipped to [-20, 20]. (Salimans & Ho's
+  diffusion_distillation UNet embeds logSNR this way.)"""
+  logsnr = jnp.clip(jnp.asarray(logsnr, jnp.float32), -20.0, 20.0)
+  return jnp.arctan(jnp.exp(-0.5 * logsnr)) / (0.5 * math.pi) * scale
+
+
 class TimestepMLP(nn.Module):
   """linear_1 - SiLU - linear_2 on the sinusoidal embedding (diffusers' TimestepEmbedding)."""
   features: int

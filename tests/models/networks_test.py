@@ -31,7 +31,7 @@ def test_unet_spec_and_example_inputs_match_the_built_module():
 def test_unknown_type_and_settings_are_refused():
   block = architectures.sd_v1_unet()
   block.type = "uvit3"
-  with pytest.raises(ValueError, match=r"network.type='uvit3': expected one of \('unet',\)"):
+  with pytest.raises(ValueError, match=r"network.type='uvit3': expected one of \('unet', 'uvit'\)"):
     networks.spec(block)
   with pytest.raises(ValueError, match="network.type='uvit3'"):
     networks.build(block)
