@@ -191,6 +191,9 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
       prediction="eps",  # 'eps', 'x0' or 'v'.
       weighting="uniform",  # 'uniform', 'min_snr' or 'eps' (see diffusion/losses.py).
       min_snr_gamma=5.0,
+      # simple diffusion's multiscale loss: sum over s = base, 2 base, .., side of the MSE
+      # of the error average-pooled to s x s, weighted 1 / s; None: the plain MSE.
+      multiscale_base=config_dict.placeholder(int),
       learn_logvar=False, logvar_init=0.0,  # CompVis' per-timestep log-variance.
       simple_weight=1.0, elbo_weight=0.0))  # CompVis l_simple_weight / original_elbo_weight.
   config.update(overrides)
@@ -241,8 +244,9 @@ def ldm_stage_config(network: ml_collections.ConfigDict, *, autoencoder=None,
 def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16) -> None:
   """The `tiny` variant: a random two-level autoencoder (f=2), a one-level 32-channel UNet
   (self- and cross-attention, no resampling: a two-level one takes half as long again to
-  compile, which is most of a tiny run on a CPU), 4 steps; for tests and CPU smoke runs.
-  Keeps the conditioning, schedule and prediction."""
+  compile, which is most of a tiny run on a CPU) or U-ViT (one level, two transformer
+  blocks), 4 steps; for tests and CPU smoke runs. Keeps the conditioning, schedule and
+  prediction (a multiscale loss from half the image side)."""
   ae_channels = config.data.get("channels") or 3
   if config.first_stage.source != "pixels":
     config.autoencoder = ml_collections.ConfigDict(dict(
@@ -257,9 +261,18 @@ def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16)
     concat = latent + 1
   elif config.conditioning.type == "image" and config.conditioning.encode_condition:
     concat = latent
-  config.network.update(in_channels=latent + concat, out_channels=latent, model_channels=32,
-                     channel_mult=(1,), num_res_blocks=1, attention_resolutions=(1,),
-                     num_heads=2, num_head_channels=-1, transformer_depth=1)
+  if config.network.type == "uvit":  # One 32-channel level, two 32-wide blocks.
+    config.network.update(in_channels=latent + concat, out_channels=latent, channels=(32,),
+                          num_res_blocks=1, attention_levels=(), transformer_width=32,
+                          transformer_depth=2, head_dim=16, embedding_width=None,
+                          patch_size=min(config.network.get("patch_size", 1), 4))
+  else:
+    config.network.update(in_channels=latent + concat, out_channels=latent,
+                          model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                          attention_resolutions=(1,), num_heads=2, num_head_channels=-1,
+                          transformer_depth=1)
+  if config.diffusion.get("multiscale_base"):
+    config.diffusion.multiscale_base = image_size // 2
   if config.conditioner is not None:
     if config.conditioner.type == "text":
       config.conditioner.update(width=32, depth=1, heads=2, head_dim=None, max_length=16)

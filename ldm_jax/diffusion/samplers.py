@@ -26,9 +26,12 @@ def leading_timesteps(num_timesteps: int, num_steps: int, offset: int = 0) -> np
 
 
 def linspace_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """Descending int32 timesteps round(linspace(0, T - 1, N + 1))[::-1][:-1] (DPM-Solver's)."""
+  """Descending int32 timesteps round(linspace(0, T - 1, N + 1))[::-1][:-1] (DPM-Solver's);
+  every step, T - 1 .. 0, when N = T (the rounded grid would repeat steps)."""
   if not 0 < num_steps <= num_timesteps:
     raise ValueError(f"steps={num_steps}: expected 1 .. {num_timesteps} (the schedule's T).")
+  if num_steps == num_timesteps:
+    return np.arange(num_timesteps, dtype=np.int32)[::-1].copy()
   return np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int32)
 
 

@@ -16,10 +16,13 @@ Continuous schedules (t in [0, 1] -> logSNR; training draws t ~ U(0, 1)):
 `size` is `shift_size` when set, else the side of what is diffused (the caller's
 `image_size`: the latent side for an LDM, the image side in pixel space).
 
-The samplers run on a `DiscreteSchedule` of `num_timesteps` steps; for a continuous schedule
-that is `schedules.discretize` (step i is t = (i + 1) / T), so training and sampling see the
-same noise levels. The network's time input (`time_input`): the step index for discrete
-schedules; for continuous ones 't' (t * T, the same range as a step index) or 'logsnr'.
+The samplers run on a `DiscreteSchedule`: `sampling_table(steps)`. A discrete schedule gives
+its T-step table (the samplers pick `steps` of them); a continuous one gives
+`schedules.discretize(logsnr_fn, steps)`, its logSNR at t = i / steps, i = steps .. 1, with
+sampling ending at t = 0: any number of steps, no fixed grid. The network's time input
+(`time_input`): the step index for discrete schedules; for continuous ones 't' (t * T, the
+range of a step index, T = num_timesteps) or 'logsnr'; `network_time_of_step(i, steps)`
+gives it at the samplers' step i.
 """
 
 import dataclasses
@@ -80,11 +83,23 @@ class Schedule:
       return self.logsnr_fn(t)
     return jnp.asarray(t, jnp.float32) * self.num_timesteps
 
-  def network_time_of_step(self, step):
-    """The network's time input at the samplers' integer step i (t = (i + 1) / T)."""
+  def sampling_table(self, steps: int) -> schedules.DiscreteSchedule:
+    """The table the samplers walk for `steps` steps (see the module docstring)."""
+    if not self.continuous:
+      return self.discrete
+    if steps < 1:
+      raise ValueError(f"steps={steps}: expected >= 1.")
+    with jax.ensure_compile_time_eval():  # A constant table, also when called under jit.
+      return schedules.discretize(lambda t: np.asarray(self.logsnr_fn(t), np.float64),
+                                  steps)
+
+  def network_time_of_step(self, step, steps: int | None = None):
+    """The network's time input at the samplers' integer step i of `sampling_table(steps)`
+    (for a continuous schedule t = (i + 1) / steps; steps None: num_timesteps)."""
     if not self.continuous:
       return step
-    return self.network_time((jnp.asarray(step, jnp.float32) + 1.0) / self.num_timesteps)
+    steps = self.num_timesteps if steps is None else steps
+    return self.network_time((jnp.asarray(step, jnp.float32) + 1.0) / steps)
 
 
 def _get(block, key, default):

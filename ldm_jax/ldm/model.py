@@ -67,6 +67,15 @@ class LatentDiffusion:
                          "loss; set diffusion.weighting='uniform'.")
       self.vlb_table = losses.vlb_weights(self.schedule.discrete.alphas_cumprod,
                                           self.diffusion.prediction)
+    multiscale = self.diffusion.get("multiscale_base")
+    if multiscale:
+      losses.multiscale_sizes(self.latent_shape[0], int(multiscale))  # Raises if it cannot.
+    if self.network_spec.logsnr_input and not (
+        self.schedule.continuous and self.schedule.time_input == "logsnr"):
+      raise ValueError(f"network.logsnr_input=True embeds the logSNR: set diffusion.time_input="
+                       f"'logsnr' with a continuous schedule (diffusion.schedule="
+                       f"{self.schedule.name!r}, time_input="
+                       f"{self.diffusion.get('time_input')!r}).")
     self.network = networks.build(config.network)
     self.train_network = networks.build(config.network,
                                         deterministic=not self.network_spec.dropout)
@@ -161,8 +170,10 @@ class LatentDiffusion:
     kw = dict(prediction=self.prediction, model_out=out, x0=inputs["z0"], eps=inputs["eps"],
               alpha=inputs["alpha"], sigma=inputs["sigma"])
     mse = losses.diffusion_loss(**kw)
-    weighted = mse if self.diffusion.weighting == "uniform" else losses.diffusion_loss(
-        **kw, weighting=self.diffusion.weighting, gamma=self.diffusion.min_snr_gamma)
+    multiscale = self.diffusion.get("multiscale_base")
+    weighted = mse if (self.diffusion.weighting == "uniform" and not multiscale) else (
+        losses.diffusion_loss(**kw, weighting=self.diffusion.weighting,
+                              gamma=self.diffusion.min_snr_gamma, multiscale_base=multiscale))
     per_example = losses.ldm_objective(
         weighted, inputs["t"], logvar=params.get("logvar"), vlb_weight_table=self.vlb_table,
         simple_weight=self.diffusion.simple_weight, elbo_weight=self.diffusion.elbo_weight)
@@ -176,16 +187,18 @@ class LatentDiffusion:
     return per_example, mse, inputs
 
   # --- sampling ------------------------------------------------------------------------------
-  def model_fn(self, params, on_call=None):
-    """model_fn(x, t, cond) for the samplers, `cond` from `condition`. `on_call(t)`, if given,
-    runs on the host at every network call (a progress bar)."""
+  def model_fn(self, params, on_call=None, steps: int | None = None):
+    """model_fn(x, t, cond) for the samplers walking `schedule.sampling_table(steps)`,
+    `cond` from `condition`. `on_call(t)`, if given, runs on the host at every network call
+    (a progress bar)."""
     def fn(x, t, cond):
       if on_call is not None:
         jax.debug.callback(on_call, t[0])
       inputs = x if cond.get("concat") is None else jnp.concatenate(
           [x, cond["concat"].astype(x.dtype)], axis=-1)
       out = self.network.apply({"params": params["network"]}, inputs,
-                               self.schedule.network_time_of_step(t), cond.get("context"),
+                               self.schedule.network_time_of_step(t, steps),
+                               cond.get("context"),
                                cond.get("y"))
       return out.astype(jnp.float32)
     return fn
@@ -209,7 +222,7 @@ class LatentDiffusion:
                      guidance_rescale: float = 0.0, on_call=None):
     """Latents drawn from `noise` under network conditions `cond` (and `uncond` for
     guidance_scale != 1): {'concat', 'context', 'y'} as `condition` makes them."""
-    model_fn = self.model_fn(params, on_call)
+    model_fn = self.model_fn(params, on_call, steps)
     if guidance_scale != 1.0:
       if uncond is None:
         raise ValueError("guidance_scale != 1 needs the unconditional inputs (uncond).")
@@ -218,9 +231,8 @@ class LatentDiffusion:
     else:
       fn = lambda x, t: model_fn(x, t, cond)
     key = jax.random.key(0) if key is None else key
-    return samplers.sample(fn, self.schedule.discrete, noise, key=key, sampler=sampler,
-                           steps=steps,
-                           prediction=self.prediction, eta=eta)
+    return samplers.sample(fn, self.schedule.sampling_table(steps), noise, key=key,
+                           sampler=sampler, steps=steps, prediction=self.prediction, eta=eta)
 
   def sample(self, params, first_stage_params, fields, *, noise, guidance_scale: float = 1.0,
              **settings):

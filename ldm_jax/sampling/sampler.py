@@ -173,9 +173,12 @@ class Sampler:
     scale = float(guidance_scale)
     if sampler not in samplers.SAMPLERS:
       raise ValueError(f"sampler={sampler!r}: expected one of {samplers.SAMPLERS}.")
-    total = self.model.num_timesteps
-    if not 1 <= steps <= total:
-      raise ValueError(f"steps={steps}: expected 1 .. {total} (the model's timesteps).")
+    if self.model.schedule.continuous:  # Any number of steps (schedule_config.py).
+      if steps < 1:
+        raise ValueError(f"steps={steps}: expected >= 1.")
+    elif not 1 <= steps <= self.model.num_timesteps:
+      raise ValueError(f"steps={steps}: expected 1 .. {self.model.num_timesteps} (the "
+                       f"model's timesteps).")
     if eta < 0 or (eta and sampler != "ddim"):
       raise ValueError(f"eta={eta}: expected >= 0, and 0 unless sampler='ddim'.")
     if scale != 1.0 and not can_guide:

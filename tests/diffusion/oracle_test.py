@@ -11,10 +11,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion import schedule_config
 from ldm_jax.diffusion import schedules
 
 NUM_SAMPLES, DIMS = 4096, 8
@@ -30,20 +32,21 @@ def oracle(x, t, schedule=SCHEDULE):
   return (x - alpha * x0) / sigma
 
 
-def _first_timestep(sampler, steps):
+def _first_timestep(sampler, steps, num_timesteps=1000):
   if sampler == "dpm_solver++":
-    return int(samplers.linspace_timesteps(1000, steps)[0])
-  return int(samplers.leading_timesteps(1000, steps)[0])
+    return int(samplers.linspace_timesteps(num_timesteps, steps)[0])
+  return int(samplers.leading_timesteps(num_timesteps, steps)[0])
 
 
 def _errors(sampler, steps, schedule=SCHEDULE):
   """max |mean - mu|, max |std - s| over dimensions; max |x0 - exact map| over samples."""
-  t0 = _first_timestep(sampler, steps)
+  t0 = _first_timestep(sampler, steps, schedule.num_timesteps)
   a = float(schedule.alphas_cumprod[t0])
   noise = np.random.default_rng(0).standard_normal((NUM_SAMPLES, DIMS)).astype(np.float32)
   x_T = np.sqrt(a) * MU + np.sqrt(a * STD**2 + 1.0 - a) * noise  # The exact marginal at t0.
   model_fn = functools.partial(oracle, schedule=schedule)
-  run = jax.jit(lambda x: samplers.sample(model_fn, schedule, x, sampler=sampler, steps=steps))
+  run = jax.jit(lambda x: samplers.sample(model_fn, schedule, x, sampler=sampler, steps=steps,
+                                          key=jax.random.key(1)))
   x0 = np.asarray(run(x_T))
   exact = MU + STD * (x_T - np.sqrt(a) * MU) / np.sqrt(a * STD**2 + 1.0 - a)
   return (float(np.abs(x0.mean(0) - MU).max()), float(np.abs(x0.std(0) - STD).max()),
@@ -76,6 +79,26 @@ def test_gaussian_oracle_on_simple_diffusion_schedule(sampler, steps):
   assert mean_error < 3 * STD.max() / np.sqrt(NUM_SAMPLES)
   assert std_error < 3 * STD.max() / np.sqrt(2 * NUM_SAMPLES)
   assert map_error < 0.05
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 300), ("ddpm", 300), ("dpm_solver++", 50)])
+def test_gaussian_oracle_on_a_continuous_schedules_own_grid(sampler, steps):
+  """simple diffusion's 128 px schedule sampled on `sampling_table(steps)`: its logSNR at
+  t = i / steps, no 1000-step table. DDPM adds noise, so only its moments are checked."""
+  schedule = schedule_config.from_config(ml_collections.ConfigDict(dict(
+      schedule="logsnr_shifted_cosine", num_timesteps=1000, shift_size=128,
+      time_input="logsnr")))
+  table = schedule.sampling_table(steps)
+  assert table.num_timesteps == steps
+  np.testing.assert_allclose(table.logsnr(jnp.arange(steps)),
+                             schedule.logsnr_fn((np.arange(steps) + 1) / steps), atol=2e-4)
+  mean_error, std_error, map_error = _errors(sampler, steps, table)
+  print(f"{sampler} {steps} steps on the continuous grid: mean err {mean_error:.4f}, std err "
+        f"{std_error:.4f}, map err {map_error:.4f}")
+  assert mean_error < 3 * STD.max() / np.sqrt(NUM_SAMPLES)
+  assert std_error < 3 * STD.max() / np.sqrt(2 * NUM_SAMPLES)
+  if sampler != "ddpm":
+    assert map_error < 0.05
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 250), ("plms", 50), ("dpm_solver++", 100)])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import digits_ldm
+from configs import digits_simple_diffusion
 from ldm_jax import sampling
 from ldm_jax.ldm import model as model_lib
 
@@ -68,14 +69,49 @@ def test_per_timestep_tables_are_refused_for_continuous_time(diffusion, message)
     _model(**diffusion)
 
 
-def test_a_shifted_cosine_config_trains_a_step_and_samples(tiny_run):
-  workdir = tiny_run(f"digits_ldm:tiny,schedule={SHIFTED}")
+@pytest.mark.parametrize("arch", ["uvit", "unet"])
+def test_simple_diffusion_tiny_trains_and_samples_any_number_of_steps(tiny_run, arch):
+  """simple diffusion's config (tiny): pixels, continuous time, logSNR input, v with the
+  eps-space multiscale loss; sampled on the continuous schedule at step counts that do not
+  divide its 1000 logging steps."""
+  workdir = tiny_run(f"simple_diffusion:tiny,arch={arch}")
   with open(os.path.join(workdir, "result.json")) as f:
     result = json.load(f)
   assert result["step"] == 1 and np.isfinite(result["eval_loss"])
   sampler = sampling.load(workdir)
-  assert sampler.model.schedule.continuous and sampler.config.diffusion.prediction == "v"
-  for name in ("ddim", "dpm_solver++"):
-    out = sampler.sample(4, class_label=[3, 5], steps=4, sampler=name, seed=1)
+  model = sampler.model
+  assert model.schedule.continuous and model.first_stage.kind == "pixels"
+  assert model.network_spec.type == arch and model.network_spec.logsnr_input
+  runs = [("ddpm", 3, 2.0), ("ddim", 7, 1.0), ("dpm_solver++", 3, 1.0)]
+  for name, steps, scale in runs if arch == "uvit" else runs[:1]:
+    out = sampler.sample(4, class_label=[3, 5], steps=steps, sampler=name, seed=1,
+                         guidance_scale=scale)
     assert out.images.shape == (4, 16, 16, 1) and out.images.dtype == np.uint8
     assert out.images.std() > 0
+
+
+def test_the_multiscale_eps_loss_is_what_the_model_trains():
+  config = digits_simple_diffusion.get_config("tiny")
+  model = model_lib.LatentDiffusion(config)
+  assert config.diffusion.multiscale_base == 8 and config.diffusion.weighting == "eps"
+  params = model.init_params(jax.random.key(0))
+  params["network"] = jax.tree.map(  # A network that does not output zeros.
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params["network"])
+  batch = _batch(model)
+  @jax.jit
+  def run(params, batch):
+    per_example, mse, inputs = model.loss(params, None, batch, _keys(), train=False)
+    out = model.network.apply({"params": params["network"]}, inputs["z_t"], inputs["time"],
+                              None, batch["label"])
+    return per_example, mse, inputs, out
+
+  per_example, mse, inputs, out = run(params, batch)
+  alpha, sigma = inputs["alpha"], inputs["sigma"]
+  v = alpha * inputs["eps"] - sigma * inputs["z0"]
+  error = np.asarray(out - v, np.float64)
+  # sum over s in (8, 16) of (1 / s) mean(avgpool_s(error)^2), in eps units (x alpha^2).
+  pooled = error.reshape(8, 8, 2, 8, 2, 1).mean(axis=(2, 4))
+  multiscale = ((pooled**2).mean(axis=(1, 2, 3)) / 8 + (error**2).mean(axis=(1, 2, 3)) / 16)
+  expected = np.asarray(alpha).reshape(-1) ** 2 * multiscale
+  np.testing.assert_allclose(per_example, expected, rtol=1e-4)
+  np.testing.assert_allclose(mse, (error**2).mean(axis=(1, 2, 3)), rtol=1e-4)
