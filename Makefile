@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ldm_jax-installed
 
-.PHONY: test quickstart install clean
+.PHONY: test quickstart quickstart-simple install clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ quickstart: $(STAMP)
 	    --workdir=$(QUICKSTART)/ldm
 	$(BIN)/python -m ldm_jax.eval.digits_report --workdir=$(QUICKSTART)/ldm \
 	    --out=$(QUICKSTART)/samples.png --steps=25
+
+# simple diffusion in pixel space: a class-conditional U-ViT on the digits, no autoencoder.
+quickstart-simple: $(STAMP)
+	$(BIN)/python train.py --config=configs/digits_simple_diffusion.py \
+	    --workdir=$(QUICKSTART)/simple
+	$(BIN)/python -m ldm_jax.eval.digits_report --workdir=$(QUICKSTART)/simple \
+	    --out=$(QUICKSTART)/simple_samples.png --steps=50
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -8,7 +8,10 @@
                 sampling;
   celebahq256   LDM CelebA-HQ 256 (unconditional, vq-f4): the same three;
   kl_f8         the SD VAE (kl-f8) at 256 px: vae_step (L1 + KL), autoencoder_step (with
-                the PatchGAN; LPIPS off: it needs weights).
+                the PatchGAN; LPIPS off: it needs weights);
+  uvit_256      simple diffusion's U-ViT on 256 px ImageNet-shaped pixels (class labels,
+                configs/simple_diffusion.py:res=256): unet_step, ldm_step (the library's
+                step: continuous time, multiscale eps loss), sampling.
 `tiny` shrinks every network (32 channels, 16-32 px, float32) for CPUs and the tests. The
 `benchmark` block holds the run's settings; benchmark.py's flags override them.
 """
@@ -20,8 +23,9 @@ from configs import autoencoder_kl_f8
 from configs import common
 from configs import ldm_celebahq256
 from configs import ldm_cin256
+from configs import simple_diffusion
 
-POINTS = ("sd_unet_256", "sd_unet_512", "cin256", "celebahq256", "kl_f8")
+POINTS = ("sd_unet_256", "sd_unet_512", "cin256", "celebahq256", "kl_f8", "uvit_256")
 LDM_MEASURES = ("unet_step", "ldm_step", "sampling")
 
 
@@ -53,6 +57,9 @@ def get_config(arg=None):
     if not tiny:
       config.data.image_size = config.autoencoder.resolution = 256
     measures, tokens = ("vae_step", "autoencoder_step"), 0
+  elif variant.point == "uvit_256":
+    config = simple_diffusion.get_config("res=256" + (",tiny" if tiny else ""))
+    measures, tokens = LDM_MEASURES, 0
   else:
     module = ldm_cin256 if variant.point == "cin256" else ldm_celebahq256
     config = module.get_config("tiny" if tiny else None)

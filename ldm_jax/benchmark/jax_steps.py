@@ -1,8 +1,9 @@
 """The measured JAX programs, on synthetic data (nothing here imports TensorFlow):
 
-  unet_step         the UNet's training step on latents and context given (as with cached
-                    latents and frozen text embeddings): noise, UNet forward + backward, AdamW,
-                    EMA; the same work as `torch_steps.unet_step`;
+  unet_step         the denoiser network's (UNet's, U-ViT's) training step on latents (or
+                    pixels) and context given (as with cached latents and frozen text
+                    embeddings): noise at the schedule's times, forward + backward, AdamW,
+                    EMA; for a UNet the same work as `torch_steps.unet_step`;
   ldm_step          the library's own LDM training step (`LdmStage.train_step`): images through
                     the frozen autoencoder, conditioning, the UNet, AdamW, EMA;
   sampling          DDIM with `sampling_steps` steps from noise to decoded images;
@@ -79,7 +80,15 @@ def latent_side(config) -> int:
 
 
 def _downsample(config) -> int:
+  if config.get("autoencoder") is None:  # Pixel space (first_stage.source='pixels').
+    return 1
   return 2 ** (len(config.autoencoder.ch_mult) - 1)
+
+
+def _image_channels(config) -> int:
+  if config.get("autoencoder") is None:
+    return int(config.data.get("channels") or 3)
+  return int(config.autoencoder.in_channels)
 
 
 def unet_inputs(config, batch: int, seed: int = 0) -> dict:
@@ -101,7 +110,7 @@ def unet_inputs(config, batch: int, seed: int = 0) -> dict:
 
 def unet_step(config, mesh) -> Program:
   unet = networks.build(config.network)
-  schedule = schedule_config.from_config(config.diffusion).discrete
+  schedule = schedule_config.from_config(config.diffusion, image_size=latent_side(config))
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
   batch = _put(unet_inputs(config, int(config.benchmark.batch_size)), mesh)
   example = networks.example_inputs(config.network)
@@ -114,16 +123,17 @@ def unet_step(config, mesh) -> Program:
   def step(state, batch, key):
     k_t, k_eps = jax.random.split(key)
     z0 = batch["latents"]
-    t = jax.random.randint(k_t, (z0.shape[0],), 0, schedule.num_timesteps)
+    t = schedule.draw_times(k_t, z0.shape[0])
     eps = jax.random.normal(k_eps, z0.shape, jnp.float32)
-    alpha = process.broadcast(jnp.sqrt(schedule.alphas_cumprod[t]), z0)
-    sigma = process.broadcast(jnp.sqrt(schedule.sigmas_squared[t]), z0)
+    alpha, sigma = (process.broadcast(v, z0) for v in schedule.alpha_sigma(t))
     z_t = process.q_sample(x0=z0, eps=eps, alpha=alpha, sigma=sigma)
+    time = schedule.network_time(t)
     if "concat" in batch:
       z_t = jnp.concatenate([z_t, batch["concat"]], axis=-1)
 
     def loss_fn(params):
-      out = unet.apply({"params": params}, z_t, t, batch.get("context"), batch.get("label"))
+      out = unet.apply({"params": params}, z_t, time, batch.get("context"),
+                       batch.get("label"))
       return jnp.mean((out.astype(jnp.float32) - eps) ** 2)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -139,7 +149,7 @@ def unet_step(config, mesh) -> Program:
 def ldm_step(config, mesh) -> Program:
   stage = stages.create(config)
   b, side = int(config.benchmark.batch_size), int(config.benchmark.image_size)
-  channels = config.autoencoder.in_channels
+  channels = _image_channels(config)
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (b, side, side, channels)).astype(np.float32)}
   if stage.cond.type == "class":

@@ -106,7 +106,17 @@ def test_importable_without_tensorflow():
   assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("point", ["sd_unet_256", "cin256", "kl_f8"])
+def test_the_uvit_point_runs_the_pixel_space_programs():
+  config = _config("point=uvit_256,tiny")
+  config.benchmark.update(steps=1, warmup=0, sampling_steps=2)
+  record = run.run(config)
+  assert set(record["measurements"]) == {"unet_step", "ldm_step", "sampling"}
+  for m in record["measurements"].values():
+    assert m["step_time_ms"] > 0 and m["flops_per_step"] > 0 and m["num_params"] > 0
+  assert record["image_size"] == 16
+
+
+@pytest.mark.parametrize("point", ["sd_unet_256", "cin256", "kl_f8", "uvit_256"])
 def test_full_size_points_build_the_published_architectures(point):
   """Traced, not run: Stable Diffusion v1's UNet has 859,520,964 parameters and its VAE
   83,653,863 (the published diffusers models' counts)."""
