@@ -86,3 +86,16 @@ def test_a_logsnr_network_needs_a_logsnr_time_input():
   config.diffusion.update(time_input="logsnr", multiscale_base=3)
   with pytest.raises(ValueError, match="multiscale_base=3: the image size 16"):
     model_lib.LatentDiffusion(config)
+
+
+@pytest.mark.parametrize("module,arg", [(simple_diffusion, "res=512"),
+                                        (simple_diffusion, "res=64,arch=unet"),
+                                        (digits_simple_diffusion, None),
+                                        (digits_simple_diffusion, "arch=unet")])
+def test_the_whole_training_state_traces(module, arg):
+  """Model checks (logSNR input, multiscale sizes, pixels) pass and the state traces."""
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  config = module.get_config(arg)
+  state = jax.eval_shape(lambda key: stages.create(config).init_state(key), jax.random.key(0))
+  network = state.params["model"]["network"]
+  assert "class_embedding" in network and set(state.params["model"]) == {"network"}

@@ -89,9 +89,7 @@ class Schedule:
       return self.discrete
     if steps < 1:
       raise ValueError(f"steps={steps}: expected >= 1.")
-    with jax.ensure_compile_time_eval():  # A constant table, also when called under jit.
-      return schedules.discretize(lambda t: np.asarray(self.logsnr_fn(t), np.float64),
-                                  steps)
+    return schedules.discretize(lambda t: np.asarray(self.logsnr_fn(t), np.float64), steps)
 
   def network_time_of_step(self, step, steps: int | None = None):
     """The network's time input at the samplers' integer step i of `sampling_table(steps)`

@@ -122,7 +122,8 @@ def discretize(logsnr_fn, num_timesteps: int = 1000) -> DiscreteSchedule:
   diffusion's schedule through the DDPM/DDIM/PLMS/DPM-Solver++ samplers.
   """
   t = np.arange(1, num_timesteps + 1, dtype=np.float64) / num_timesteps
-  logsnr = np.asarray(logsnr_fn(t), np.float64)
+  with jax.ensure_compile_time_eval():  # A constant table, also when called under a trace.
+    logsnr = np.asarray(logsnr_fn(t), np.float64)
   if logsnr.shape != (num_timesteps,) or not np.all(np.isfinite(logsnr)):
     raise ValueError(f"logsnr_fn must map t [{num_timesteps}] to finite logSNRs of the same "
                      f"shape; got shape {logsnr.shape}.")
