@@ -58,10 +58,12 @@ class SpatialSelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-  """Multi-head attention of `x` over `context` (itself when context is None)."""
+  """Multi-head attention of `x` over `context` (itself when context is None); `use_bias`
+  gives the q/k/v projections biases (as torch.nn.MultiheadAttention's)."""
   heads: int
   head_dim: int
   zero_init_out: bool = False
+  use_bias: bool = False
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -72,9 +74,9 @@ class CrossAttention(nn.Module):
     context = x if context is None else context.astype(self.dtype)
     inner = self.heads * self.head_dim
     split = lambda t: einops.rearrange(t, "b l (n d) -> b l n d", n=self.heads)
-    q = split(layers.dense(inner, use_bias=False, name="to_q", **kw)(x))
-    k = split(layers.dense(inner, use_bias=False, name="to_k", **kw)(context))
-    v = split(layers.dense(inner, use_bias=False, name="to_v", **kw)(context))
+    q = split(layers.dense(inner, use_bias=self.use_bias, name="to_q", **kw)(x))
+    k = split(layers.dense(inner, use_bias=self.use_bias, name="to_k", **kw)(context))
+    v = split(layers.dense(inner, use_bias=self.use_bias, name="to_v", **kw)(context))
     out = einops.rearrange(dot_product_attention(q, k, v, self.attention_impl),
                            "b l n d -> b l (n d)")
     return layers.dense(x.shape[-1], zero_init=self.zero_init_out, name="to_out_0", **kw)(out)

@@ -2,9 +2,9 @@
 
 `Block(x, emb=None, context=None)`: x [B, L, D] tokens. Without `emb` and `context` it is the
 standard pre-norm encoder layer (torch.nn.TransformerEncoderLayer(norm_first=True,
-activation='gelu'): LayerNorm - multi-head self-attention with biased projections -
-residual, LayerNorm - Linear - GELU - Linear - residual), checked against it with copied
-weights. `emb` [B, E] (time and class embedding) modulates both LayerNorms, norm(x) *
+activation='gelu'): LayerNorm - multi-head self-attention (nn/attention.py's, with biased
+projections) - residual, LayerNorm - Linear - GELU - Linear - residual), checked against it
+with copied weights. `emb` [B, E] (time and class embedding) modulates both LayerNorms, norm(x) *
 (1 + scale) + shift, with scale and shift from a zero-initialised projection of SiLU(emb)
 (DiT's adaptive LayerNorm, without its gates), so a new block starts as the plain one.
 `context` [B, N, C] adds a cross-attention sub-block after the self-attention.
@@ -15,7 +15,6 @@ with depth; parameters get a leading [depth] axis), with `nn.remat` per block wh
 
 from typing import Any
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,31 +23,6 @@ from ldm_jax.nn import attention
 from ldm_jax.nn import layers
 
 Dtype = Any
-
-
-class Attention(nn.Module):
-  """Multi-head attention of x over `context` (x itself when None), biased projections."""
-  heads: int
-  dropout: float = 0.0
-  deterministic: bool = True
-  attention_impl: str | None = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, context=None):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    width = x.shape[-1]
-    if width % self.heads:
-      raise ValueError(f"Attention: width {width} does not split into {self.heads} heads.")
-    source = x if context is None else context.astype(self.dtype)
-    split = lambda t: einops.rearrange(t, "b l (n d) -> b l n d", n=self.heads)
-    q = split(layers.dense(width, name="query", **kw)(x))
-    k = split(layers.dense(width, name="key", **kw)(source))
-    v = split(layers.dense(width, name="value", **kw)(source))
-    out = attention.dot_product_attention(q, k, v, self.attention_impl)
-    out = layers.dense(width, name="out", **kw)(einops.rearrange(out, "b l n d -> b l (n d)"))
-    return nn.Dropout(self.dropout, deterministic=self.deterministic)(out)
 
 
 class Block(nn.Module):
@@ -65,7 +39,6 @@ class Block(nn.Module):
   def __call__(self, x, emb=None, context=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
-    drop = dict(dropout=self.dropout, deterministic=self.deterministic)
     norm = lambda name: nn.LayerNorm(epsilon=self.epsilon, use_fast_variance=False,
                                      name=name, **kw)
     if emb is not None:
@@ -76,17 +49,22 @@ class Block(nn.Module):
     else:
       modulate = lambda h, scale, shift: h
       scale1 = shift1 = scale2 = shift2 = None
-    attn = dict(heads=self.heads, attention_impl=self.attention_impl, **drop, **kw)
+    if width % self.heads:
+      raise ValueError(f"transformer block: width {width} does not split into {self.heads} "
+                       f"heads.")
+    dropout = nn.Dropout(self.dropout, deterministic=self.deterministic)
+    attn = dict(heads=self.heads, head_dim=width // self.heads, use_bias=True,
+                attention_impl=self.attention_impl, **kw)
     h = modulate(norm("norm1")(x), scale1, shift1)
-    x = x + Attention(**attn, name="self_attention")(h)
+    x = x + dropout(attention.CrossAttention(**attn, name="self_attention")(h))
     if context is not None:
-      x = x + Attention(**attn, name="cross_attention")(norm("norm_context")(x), context)
+      x = x + dropout(attention.CrossAttention(**attn, name="cross_attention")(
+          norm("norm_context")(x), context))
     h = modulate(norm("norm2")(x), scale2, shift2)
     h = jax.nn.gelu(layers.dense(self.mlp_ratio * width, name="mlp_in", **kw)(h),
                     approximate=False)
-    h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-    h = layers.dense(width, name="mlp_out", **kw)(h)
-    return x + nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
+    h = layers.dense(width, name="mlp_out", **kw)(dropout(h))
+    return x + dropout(h)
 
 
 class _ScanBlock(Block):

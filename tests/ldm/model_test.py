@@ -48,8 +48,8 @@ def test_continuous_schedule_draws_uniform_times_and_conditions_the_network_on_t
                              sigma[:, None, None, None] * train["eps"], rtol=1e-5, atol=1e-6)
   evaluation = model.loss_inputs(fs, _batch(model), _keys(), train=False)
   np.testing.assert_allclose(evaluation["t"], (np.arange(8) + 0.5) / 8)
-  params = model.init_params(jax.random.key(0))
-  per_example, mse, _ = model.loss(params, fs, _batch(model), _keys())
+  params = jax.jit(model.init_params)(jax.random.key(0))
+  per_example, mse, _ = jax.jit(lambda p: model.loss(p, fs, _batch(model), _keys()))(params)
   assert per_example.shape == mse.shape == (8,) and bool(jnp.all(jnp.isfinite(per_example)))
 
 
@@ -94,7 +94,7 @@ def test_the_multiscale_eps_loss_is_what_the_model_trains():
   config = digits_simple_diffusion.get_config("tiny")
   model = model_lib.LatentDiffusion(config)
   assert config.diffusion.multiscale_base == 8 and config.diffusion.weighting == "eps"
-  params = model.init_params(jax.random.key(0))
+  params = jax.jit(model.init_params)(jax.random.key(0))
   params["network"] = jax.tree.map(  # A network that does not output zeros.
       lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params["network"])
   batch = _batch(model)

@@ -45,11 +45,11 @@ def test_block_without_conditioning_is_torch_transformer_encoder_layer():
   attn = params["self_attention"]
   with torch.no_grad():
     layer.self_attn.in_proj_weight.copy_(t(np.concatenate(
-        [attn[n]["kernel"].T for n in ("query", "key", "value")])))
+        [attn[n]["kernel"].T for n in ("to_q", "to_k", "to_v")])))
     layer.self_attn.in_proj_bias.copy_(t(np.concatenate(
-        [attn[n]["bias"] for n in ("query", "key", "value")])))
-    layer.self_attn.out_proj.weight.copy_(t(attn["out"]["kernel"].T))
-    layer.self_attn.out_proj.bias.copy_(t(attn["out"]["bias"]))
+        [attn[n]["bias"] for n in ("to_q", "to_k", "to_v")])))
+    layer.self_attn.out_proj.weight.copy_(t(attn["to_out_0"]["kernel"].T))
+    layer.self_attn.out_proj.bias.copy_(t(attn["to_out_0"]["bias"]))
     for ours_name, theirs in (("mlp_in", layer.linear1), ("mlp_out", layer.linear2)):
       theirs.weight.copy_(t(params[ours_name]["kernel"].T))
       theirs.bias.copy_(t(params[ours_name]["bias"]))
@@ -80,7 +80,7 @@ def test_scanned_stack_equals_its_blocks_one_after_another():
   emb = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
   context = np.random.default_rng(4).standard_normal((2, 5, 8)).astype(np.float32)
   params = _randomized(stack.init(jax.random.key(0), x, emb, context)["params"])
-  assert params["blocks"]["self_attention"]["query"]["kernel"].shape == (3, WIDTH, WIDTH)
+  assert params["blocks"]["self_attention"]["to_q"]["kernel"].shape == (3, WIDTH, WIDTH)
   out = stack.apply({"params": params}, x, emb, context)
   h = x
   for i in range(3):
@@ -95,16 +95,18 @@ def test_wavelet_is_invertible_and_is_pywavelets_bior22():
   pywt = pytest.importorskip("pywt")
   x = np.random.default_rng(0).standard_normal((2, 16, 32, 3))
   with jax.enable_x64(True):
-    smooth, detail = wavelet.dwt_1d(jnp.asarray(x), axis=2)
+    smooth, detail = jax.jit(wavelet.dwt_1d, static_argnums=1)(jnp.asarray(x), 2)
     approx, det = pywt.dwt(x, "bior2.2", mode="reflect", axis=2)
     # PyWavelets pads one coefficient on each side (its filters are 6 taps long).
     np.testing.assert_allclose(smooth, approx[:, :, 1:17] / math.sqrt(2), atol=1e-12)
     np.testing.assert_allclose(detail, -math.sqrt(2) * det[:, :, 1:17], atol=1e-12)
-    coefficients = wavelet.analysis(jnp.asarray(x), 2)
+    coefficients = jax.jit(wavelet.analysis, static_argnums=1)(jnp.asarray(x), 2)
     assert coefficients.shape == (2, 4, 8, 48)
-    np.testing.assert_allclose(wavelet.synthesis(coefficients, 2), x, atol=1e-12)
+    np.testing.assert_allclose(jax.jit(wavelet.synthesis, static_argnums=1)(coefficients, 2),
+                               x, atol=1e-12)
   x32 = x.astype(np.float32)
-  np.testing.assert_allclose(wavelet.synthesis(wavelet.analysis(x32, 3), 3), x32, atol=2e-5)
+  round_trip = jax.jit(lambda x: wavelet.synthesis(wavelet.analysis(x, 3), 3))
+  np.testing.assert_allclose(round_trip(x32), x32, atol=2e-5)
   # A constant image has no detail: all its energy stays in the LL band.
   flat = wavelet.dwt_2d(np.ones((1, 8, 8, 1), np.float32))
   np.testing.assert_allclose(flat[..., 0], 1.0)
@@ -132,16 +134,16 @@ def test_uvit_stems_keep_the_shape_and_the_head_starts_at_zero(stem, patch):
   net = _small(stem=stem, patch_size=patch, attention_levels=(0,))
   x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
   y = np.array([3, 10], np.int32)
-  params = net.init(jax.random.key(0), x, np.array([-3.0, 5.0]), None, y)["params"]
-  out = net.apply({"params": params}, x, np.array([-3.0, 5.0]), None, y)
+  params = jax.jit(net.init)(jax.random.key(0), x, np.array([-3.0, 5.0]), None, y)["params"]
+  apply = jax.jit(lambda p, time, y: net.apply({"params": p}, x, time, None, y))
+  out = apply(params, np.array([-3.0, 5.0]), y)
   assert out.shape == x.shape and float(jnp.abs(out).max()) == 0.0  # Zero-initialised head.
   trained = _randomized(params)
-  out = net.apply({"params": trained}, x, np.array([-3.0, 5.0]), None, y)
+  out = apply(trained, np.array([-3.0, 5.0]), y)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
   # Time and label reach the output.
-  assert not np.allclose(out, net.apply({"params": trained}, x, np.array([4.0, 5.0]), None, y))
-  assert not np.allclose(out, net.apply({"params": trained}, x, np.array([-3.0, 5.0]), None,
-                                        np.array([4, 10], np.int32)))
+  assert not np.allclose(out, apply(trained, np.array([4.0, 5.0]), y))
+  assert not np.allclose(out, apply(trained, np.array([-3.0, 5.0]), np.array([4, 10], np.int32)))
 
 
 def test_uvit_context_dropout_precision_and_errors():
@@ -149,16 +151,18 @@ def test_uvit_context_dropout_precision_and_errors():
   x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
   y, time = np.array([1, 2], np.int32), np.zeros(2, np.float32)
   context = np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32)
-  params = _randomized(net.init(jax.random.key(0), x, time, context, y)["params"])
+  params = _randomized(jax.jit(net.init)(jax.random.key(0), x, time, context, y)["params"])
   assert "cross_attention" in params["transformer"]["blocks"]
-  out = net.apply({"params": params}, x, time, context, y)
-  assert not np.allclose(out, net.apply({"params": params}, x, time, context[::-1], y))
+  apply = jax.jit(lambda p, c: net.apply({"params": p}, x, time, c, y))
+  out = apply(params, context)
+  assert not np.allclose(out, apply(params, context[::-1]))
   training = _small(context_dim=8, dropout=0.5, deterministic=False)
-  a, b = (training.apply({"params": params}, x, time, context, y,
-                         rngs={"dropout": jax.random.key(k)}) for k in (0, 1))
+  train_apply = jax.jit(lambda p, key: training.apply({"params": p}, x, time, context, y,
+                                                      rngs={"dropout": key}))
+  a, b = (train_apply(params, jax.random.key(k)) for k in (0, 1))
   assert not np.allclose(a, b)  # Dropout is on in training mode.
-  bf16 = _small(context_dim=8, dtype=jnp.bfloat16).apply({"params": params}, x, time,
-                                                          context, y)
+  bf16 = jax.jit(_small(context_dim=8, dtype=jnp.bfloat16).apply)({"params": params}, x,
+                                                                   time, context, y)
   assert bf16.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(bf16, np.float32), out, atol=0.1 * np.abs(out).max())
   with pytest.raises(ValueError, match=r"input sides \(12, 12\) must be multiples of 8"):
@@ -184,5 +188,6 @@ def test_networks_registry_builds_a_uvit_from_its_block():
   x, t, context, y = networks.example_inputs(block)
   assert x.shape == (1, 8, 8, 1) and context is None and y is None
   net = networks.build(block)
-  out = net.apply(net.init(jax.random.key(0), x, t, context, y), x, t, context, y)
+  out = jax.jit(lambda: net.apply(net.init(jax.random.key(0), x, t, context, y), x, t,
+                                  context, y))()
   assert out.shape == x.shape

@@ -13,10 +13,10 @@ from ldm_jax.ldm import modes
 
 TINY = [
     "digits_ldm:tiny", "digits_ldm:tiny,cond=caption", "digits_ldm:tiny,cond=none",
-    "ldm_celebahq256:tiny", "ldm_cin256:tiny",
-    "ldm_cin256:tiny,f=1", "ldm_txt2img:tiny", "ldm_sr:tiny", "ldm_inpainting:tiny",
-    "ldm_semantic:tiny", "ldm_paired:tiny",
-]
+    "ldm_celebahq256:tiny", "ldm_cin256:tiny", "ldm_txt2img:tiny", "ldm_sr:tiny",
+    "ldm_inpainting:tiny", "ldm_semantic:tiny", "ldm_paired:tiny",
+]  # Pixel space (ldm_cin256:f=1's first stage) trains in tests/ldm/model_test.py's
+#    simple diffusion runs.
 
 
 def _load(spec):
