@@ -15,9 +15,12 @@ What follows a source, and what is ours:
   to [-15, 15], shifted by 2 log(64 / res) for res <= 256; at 512 the interpolated schedule
   from the shift for 32 (t = 1) to that for 256 (t = 0) (diffusion/schedules.py says which
   source fixes the direction); t ~ U(0, 1); v-prediction trained with the eps-space MSE; the
-  network sees the logSNR. Multiscale loss: 2x2 pooling once at 128 (base 64, as the
-  Multistep Consistency Models appendix, "following simple diffusion"), from 32 x 32 at 256
-  and 512 (the paper's lowest scale); none at 64.
+  network sees the logSNR. (The Multistep Consistency Models appendix trains its 64 and 128
+  networks on the interpolated schedule from 32 to res instead: at 128 add
+  --config.diffusion.schedule=logsnr_interpolated_cosine
+  --config.diffusion.interpolate_sizes='(32,128)'.) Multiscale loss: 2x2 pooling once at
+  128 (base 64, as that appendix, "following simple diffusion"), from 32 x 32 at 256 and
+  512 (the paper's lowest scale); none at 64.
 * U-ViT at 64 and 128 (Multistep Consistency Models, Appendix A): 3 ResBlocks at 256
   channels at 64x64, then "3 transformer blocks at 512" (read here as 3 ResBlocks with
   self-attention at 32x32), then 16 transformer blocks 1024 wide at 16x16 (MLP ratio 4,
