@@ -199,15 +199,11 @@ def test_tfds_reference_statistics_files_and_the_cache(data_dir, inception_weigh
                 fid_method="eigvals", cache_dir=str(tmp_path / "cache"))
   weights = inception_weights[1]
   saved = str(tmp_path / "same_stats.npz")
-  # (Each Fréchet distance is an eigen-decomposition of 2048 x 2048: a few per test.)
-  done = subprocess.run(
-      [sys.executable, "-m", "ldm_jax.eval.fid", f"--samples={folder}",
-       "--reference=tfds:digits", f"--weights={weights}", f"--out={tmp_path / 'first.json'}",
-       "--metrics=fid,prc", f"--save_stats={saved}"] + [f"--{k}={v}" for k, v in common.items()],
-      cwd=ROOT, capture_output=True, text=True, timeout=600, env=subprocesses.environment(),
-      check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  first = json.loads((tmp_path / "first.json").read_text())
+  # (Each Fréchet distance is an eigen-decomposition of 2048 x 2048: a few per test. In
+  # process, so that every call here shares one compiled Inception; the command line is
+  # test_metrics_equal_torch_fidelity's.)
+  first = fid.compute(str(folder), "tfds:digits", weights, metrics=("fid", "prc"),
+                      save_stats=saved, **common)
   trace = np.trace(statistics.load(saved).sigma)
   print(f"identical sets: fid {first['fid']:.3e} (trace {trace:.3e})")
   assert abs(first["fid"]) <= 1e-6 * trace and (first["precision"], first["recall"]) == (1, 1)
