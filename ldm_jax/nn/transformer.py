@@ -70,7 +70,7 @@ class Block(nn.Module):
 class _ScanBlock(Block):
   """A Block with the (carry, output) signature `nn.scan` needs."""
 
-  def __call__(self, x, emb=None, context=None):  # pylint: disable=arguments-renamed
+  def __call__(self, x, emb=None, context=None):
     return super().__call__(x, emb, context), None
 
 
