@@ -30,8 +30,8 @@ What follows a source, and what is ours:
   (the source does not say how its transformer blocks are conditioned; heads of 64
   channels are also our choice), so the rest of the source's network is larger than ours.
 * U-ViT at 256 and 512: the 128 network behind a 2x2 patching stem (256) or two levels of
-  the 5/3 wavelet (512); the paper's larger 256/512 widths are not pinned here (its appendix
-  tables were not reachable): these are the 128 network's size, not the paper's 2B ones.
+  the 5/3 wavelet (512); the paper's 256/512 widths are not pinned here (its appendix
+  tables were not reachable): these are the 128 network's size, not the paper's sizes.
 * UNet (arch=unet): the paper's 128 U-Net table was not reachable, so this is ADM's
   ImageNet UNet of the same resolution (base channels, multipliers, ResBlocks, attention at
   32/16/8 px with 64-channel heads, scale-shift norms) in simple diffusion's form: logSNR
