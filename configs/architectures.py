@@ -83,10 +83,43 @@ def ldm_cin256_v2_class_embedder():
                                         add_null_class=False))
 
 
+def _clip_text(**kw) -> ml_collections.ConfigDict:
+  base = dict(type="clip", vocab_size=49408, max_length=77, width=768, depth=12, heads=12,
+              mlp_width=3072, activation="quick_gelu", output_layer=-1, final_norm=True,
+              causal=True, attention_impl="xla", dtype="float32", param_dtype="float32")
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def sd_v1_text_encoder():
+  """Stable Diffusion 1.x's frozen text encoder: OpenAI CLIP ViT-L/14's text tower
+  (123.06M parameters); the context is its last layer after the final LayerNorm."""
+  return _clip_text()
+
+
+def sd_v2_text_encoder():
+  """Stable Diffusion 2.x's: OpenCLIP ViT-H/14's text tower (24 blocks of 1024, exact
+  GELU); the context is the penultimate block's output through the final LayerNorm, so 23
+  blocks are built (340.39M parameters, as diffusers' 23-layer CLIPTextModel)."""
+  return _clip_text(width=1024, depth=24, heads=16, mlp_width=4096, activation="gelu",
+                    output_layer=-2)
+
+
+def ldm_bert():
+  """LDM txt2img-1p4B's BERTEmbedder: 32 pre-LayerNorm blocks of width 1280 with 8 heads
+  of 64 (inner width 512), bert-base-uncased's 30522 WordPiece tokens, 77 positions, no
+  attention mask; trained jointly with the UNet (conditioning.type='text')."""
+  return ml_collections.ConfigDict(dict(
+      type="text", vocab_size=30522, max_length=77, width=1280, depth=32, heads=8,
+      head_dim=64, mlp_ratio=4, dropout=0.0, attention_impl="xla", dtype="float32",
+      param_dtype="float32"))
+
+
 UNETS = {f.__name__: f for f in (sd_v1_unet, sd_v2_unet, ldm_cin256_v2_unet,
                                  ldm_celebahq256_unet)}
 AUTOENCODERS = {f.__name__: f for f in (sd_kl_f8, kl_f4, vq_f4)}
-CONDITIONERS = {f.__name__: f for f in (ldm_cin256_v2_class_embedder,)}
+CONDITIONERS = {f.__name__: f for f in (ldm_cin256_v2_class_embedder, sd_v1_text_encoder,
+                                        sd_v2_text_encoder, ldm_bert)}
 
 
 def get_config(arg=None):

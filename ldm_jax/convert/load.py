@@ -18,6 +18,7 @@ import numpy as np
 
 from ldm_jax.convert import compvis
 from ldm_jax.convert import files
+from ldm_jax.convert import text_encoders
 from ldm_jax.convert import torch_weights
 from ldm_jax.models import factory
 from ldm_jax.models import networks
@@ -107,34 +108,28 @@ def import_autoencoder(source: str, block: ml_collections.ConfigDict, *,
   return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
 
 
-# LDM's BERTEmbedder keeps an unused language-model head (x-transformers' to_logits).
-TEXT_ENCODER_UNUSED_KEYS = (r"\.to_logits\.",)
-
-
 def import_conditioner(source: str, block: ml_collections.ConfigDict, *,
-                       state: Mapping[str, np.ndarray] | None = None) -> dict:
-  """A CompVis `cond_stage_model.*` conditioner as ours.
-
-  `type='class'`: ClassEmbedder (`embedding.weight`). `type='text'`: LDM's BERTEmbedder
-  transformer (set `head_dim=64`, LDM's width per head); its tokenizer is BERT's WordPiece,
-  so give the matching `vocab.txt` to `load_tokenizer`. CLIP text encoders are not ours and
-  are not imported.
-  """
-  state = _read(source, None, state)
-  prefix = _prefix_in(state, compvis.CONDITIONER_PREFIX)
+                       state: Mapping[str, np.ndarray] | None = None,
+                       subfolder: str | None = None) -> dict:
+  """A conditioner as ours: `type='class'`, LDM's ClassEmbedder (`embedding.weight`);
+  `type='text'`, LDM's BERTEmbedder (x-transformers layout; `head_dim=64`); `type='clip'`,
+  a CLIP text encoder in transformers' or OpenCLIP's layout (convert/text_encoders.py).
+  Single files keep it under `cond_stage_model.`; a diffusers pipeline's is in
+  `text_encoder/`."""
+  state = _read(source, subfolder, state)
   target = factory.param_shapes(factory.build_conditioner(block),
                                 factory.conditioner_example_inputs(block))
+  if block.type == "clip":
+    layout = text_encoders.layout_of(state)
+    prefix = text_encoders.SINGLE_FILE_PREFIXES.get(layout, "")
+    prefix = prefix if any(k.startswith(prefix) for k in state) else ""
+    return text_encoders.import_clip(state, target, prefix=prefix, source=source,
+                                     built_depth=factory.build_conditioner(block).built_depth)
+  prefix = _prefix_in(state, compvis.CONDITIONER_PREFIX)
   if block.type == "class":
     return torch_weights.to_flax({k: v for k, v in state.items() if k.startswith(prefix)},
                                  target, prefix=prefix)
-  unused = [k for k in state if k.startswith(prefix) and
-            any(re.search(p, k) for p in TEXT_ENCODER_UNUSED_KEYS)]
-  if unused:
-    logging.info("Leaving out %d unused text-encoder keys (to_logits).", len(unused))
-  state = {k: v for k, v in state.items() if k not in set(unused)}
-  renamed, leftovers = compvis.rename(state, torch_weights.diffusers_keys(target),
-                                      compvis.text_encoder_name, prefix)
-  return torch_weights.to_flax(renamed, target, unexpected=tuple(leftovers))
+  return text_encoders.import_ldm_bert(state, target, prefix=prefix)
 
 
 PARTS = ("network", "autoencoder", "conditioner")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ldm_jax.models import clip_text
 from ldm_jax.models import conditioning
 from ldm_jax.models.autoencoder import AutoencoderKL
 from ldm_jax.models.vq import VQModel
@@ -43,13 +44,18 @@ def build_autoencoder(block: ml_collections.ConfigDict, **overrides):
 
 
 def build_conditioner(block: ml_collections.ConfigDict, **overrides):
-  """`type='class'`: ClassEmbedder; `type='text'`: TextEncoder."""
-  kinds = {"class": conditioning.ClassEmbedder, "text": conditioning.TextEncoder}
+  """`type='class'`: ClassEmbedder; `type='text'`: TextEncoder (LDM's BERT-style);
+  `type='clip'`: CLIPTextEncoder (Stable Diffusion's)."""
+  kinds = {"class": conditioning.ClassEmbedder, "text": conditioning.TextEncoder,
+           "clip": clip_text.CLIPTextEncoder}
   if block.get("type") not in kinds:
     raise ValueError(f"conditioner.type={block.get('type')!r}: expected one of "
                      f"{sorted(kinds)}.")
   cls = kinds[block.type]
-  return cls(**module_fields(block, cls, skip=("type",)), **overrides)
+  module = cls(**module_fields(block, cls, skip=("type",)), **overrides)
+  if hasattr(module, "check"):
+    module.check()
+  return module
 
 
 def conditioner_example_inputs(block: ml_collections.ConfigDict) -> tuple:

@@ -18,12 +18,15 @@ Dtype = Any
 IMPLEMENTATIONS = ("xla", "cudnn")
 
 
-def dot_product_attention(q, k, v, implementation: str | None = "xla"):
-  """Softmax(q k^T / sqrt(d)) v for (batch, length, heads, head_dim) arrays."""
+def dot_product_attention(q, k, v, implementation: str | None = "xla", *,
+                          is_causal: bool = False):
+  """Softmax(q k^T / sqrt(d)) v for (batch, length, heads, head_dim) arrays; `is_causal`:
+  position i attends to positions <= i only (CLIP's text transformer)."""
   if implementation not in (None, *IMPLEMENTATIONS):
     raise ValueError(f"attention_impl={implementation!r}: expected one of "
                      f"{IMPLEMENTATIONS} (or None to let JAX choose).")
-  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation,
+                                      is_causal=is_causal)
 
 
 class SpatialSelfAttention(nn.Module):

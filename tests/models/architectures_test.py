@@ -95,3 +95,37 @@ def test_execution_settings_reach_the_module():
   c.dtype = "float8"
   with pytest.raises(ValueError, match="dtype='float8'"):
     networks.build(c)
+
+
+def _text_encoder_reference(name: str) -> int:
+  """Parameters of the reference text encoder `name` stands for."""
+  transformers = references.require("transformers")
+  if name == "ldm_bert":  # LDM's BERTEmbedder, without its unused language-model head.
+    x_transformers = references.require("x_transformers")
+    with torch.device("meta"):
+      model = x_transformers.TransformerWrapper(
+          num_tokens=30522, max_seq_len=77,
+          attn_layers=x_transformers.Encoder(dim=1280, depth=32))
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("to_logits"))
+  # diffusers' SD pipelines: CLIPTextModel; SD 2's is OpenCLIP-H's tower cut to 23 layers.
+  kwargs = {"sd_v1_text_encoder": dict(hidden_size=768, intermediate_size=3072,
+                                       num_hidden_layers=12, num_attention_heads=12,
+                                       hidden_act="quick_gelu"),
+            "sd_v2_text_encoder": dict(hidden_size=1024, intermediate_size=4096,
+                                       num_hidden_layers=23, num_attention_heads=16,
+                                       hidden_act="gelu")}[name]
+  return _theirs(transformers.CLIPTextModel, config=transformers.CLIPTextConfig(
+      vocab_size=49408, max_position_embeddings=77, **kwargs))
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name", ["sd_v1_text_encoder", "sd_v2_text_encoder", "ldm_bert"])
+def test_text_encoder_parameter_count_equals_reference(name):
+  c = architectures.CONDITIONERS[name]()
+  ours = _ours(factory.build_conditioner(c), *factory.conditioner_example_inputs(c))
+  theirs = _text_encoder_reference(name)
+  print(f"{name}: {ours:,} parameters (reference {theirs:,})")
+  assert ours == theirs
+  # The published sizes: SD 1's and SD 2's text encoders, LDM-KL-8-G's 1.45B minus its UNet.
+  assert ours == {"sd_v1_text_encoder": 123_060_480, "sd_v2_text_encoder": 340_387_840,
+                  "ldm_bert": 542_895_360}[name]
