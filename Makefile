@@ -13,13 +13,15 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	# it to sys.path) without their dependencies: the original CompVis/Stability model code,
 	# the x-transformers release whose layout LDM's text encoder copies, taming-transformers
 	# (PatchGAN discriminator and the autoencoder losses), the lpips package (its heads),
-	# pytorch-fid and torch-fidelity (their Inception and metrics), and torchvision 0.28 (the
+	# pytorch-fid and torch-fidelity (their Inception and metrics), torchvision 0.28 (the
 	# release for torch 2.13) for those two: tests/references.py says why its compiled ops
-	# are left out.
+	# are left out, and open_clip with ftfy (OpenAI's original CLIP BPE tokenizer, SD 2.x's,
+	# and the CLIP vocabulary file it ships, for the tokenizer parity tests).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 	    --target $(VENV)/compvis-reference stable-diffusion-sdkit==2.1.5 \
 	    x-transformers==0.15.0 entmax==1.3 taming-transformers==0.0.1 lpips==0.1.4 \
-	    pytorch-fid==0.3.0 torch-fidelity==0.4.0 torchvision==0.28.0
+	    pytorch-fid==0.3.0 torch-fidelity==0.4.0 torchvision==0.28.0 open_clip_torch==3.3.0 \
+	    ftfy==6.3.1
 	touch $(STAMP)
 
 install: $(STAMP)
