@@ -211,7 +211,14 @@ def conditioning_config(**overrides) -> ml_collections.ConfigDict:
       num_semantic_classes=config_dict.placeholder(int),
       encode_condition=True,  # image: through the frozen autoencoder (else resized pixels).
       condition_channels=config_dict.placeholder(int),  # image, encode_condition=False.
-      tokenizer=config_dict.placeholder(str)))  # text: None = bytes, or a vocabulary file.
+      # text / frozen_text: None = bytes, or tokenizer files (a folder, tokenizer.json,
+      # vocab.txt, or CLIP's vocab.json + merges.txt).
+      tokenizer=config_dict.placeholder(str),
+      # text / frozen_text: padding, 'eos' (SD 1.x), '0' (SD 2.x) or another id; None: what
+      # the tokenizer files say.
+      pad=config_dict.placeholder(str),
+      # frozen_text: a converted directory holding the encoder (conditioner/), or 'random'.
+      text_encoder=config_dict.placeholder(str)))
   config.update(overrides)
   return config
 
@@ -231,10 +238,16 @@ def ldm_stage_config(network: ml_collections.ConfigDict, *, autoencoder=None,
       path=config_dict.placeholder(str),
       scale_factor=config_dict.placeholder(float)))  # None: from the workdir's results.
   config.conditioning = conditioning_config(**conditioning)
+  # A converted directory (python -m ldm_jax.convert) whose network/ weights start the run
+  # (fine-tuning); None: a fresh initialisation.
+  config.init_from = config_dict.placeholder(str)
   config.diffusion = diffusion_config()
   config.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))  # decay 0: none.
   config.sampling = ml_collections.ConfigDict(dict(
       sampler="ddim", steps=20, eta=0.0, guidance_scale=1.0,
+      # diffusers' scheduler settings (Stable Diffusion: 1 and False): added to the 'leading'
+      # timesteps; alpha^2 past the last step is 1 (True) or alphas_cumprod[0] (False).
+      steps_offset=0, set_alpha_to_one=True,
       per_row=8, max_rows=10,  # Columns; rows for class grids (or unconditional ones).
       prompts=()))  # text: one grid row per prompt.
   config.optimizer = optimizer_config(name="adamw", learning_rate=1e-4, weight_decay=0.01)
@@ -276,6 +289,9 @@ def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16)
   if config.conditioner is not None:
     if config.conditioner.type == "text":
       config.conditioner.update(width=32, depth=1, heads=2, head_dim=None, max_length=16)
+    elif config.conditioner.type == "clip":
+      config.conditioner.update(width=32, depth=2, heads=2, mlp_width=64, max_length=16,
+                                output_layer=-1)
     else:
       config.conditioner.embed_dim = 32
     config.network.context_dim = 32

@@ -16,7 +16,8 @@ of `data.label_map_keys` (int32 [B, H, W] class maps, same geometry, nearest res
 (the TFDS example id) and, for evaluation, `mask` (False for padding). With
 `data.degradation` ('bsrgan' or 'bsrgan_light', see degradation.py), `low_res` is the image
 degraded to image_size / `data.degradation_factor` (float32, [-1, 1]; LDM-BSR's input). Reading
-a latent cache (`data.latent_key`, see ldm_jax/ldm/latent_cache.py), `moments` replaces `image`.
+a latent cache (`data.latent_key`, see ldm_jax/ldm/latent_cache.py), `moments` replaces `image`
+(and `context` comes with it when the cache holds caption contexts).
 """
 
 import json
@@ -186,6 +187,8 @@ def _example_fn(data_config, builder, keys: dict[str, str], *, train: bool,
       out["label"] = tf.cast(example[keys["label"]], tf.int32)
     if "caption" in keys:
       out["caption"] = example[keys["caption"]]
+    if "context" in keys:
+      out["context"] = tf.cast(example[keys["context"]], tf.float32)
     out["id"] = example["tfds_id"]
     return out, too_small
 
@@ -225,6 +228,8 @@ def _latent_example_fn(data_config, keys: dict[str, str], *, train: bool, seed: 
       out["label"] = tf.cast(example[keys["label"]], tf.int32)
     if "caption" in keys:
       out["caption"] = example[keys["caption"]]
+    if "context" in keys:
+      out["context"] = tf.cast(example[keys["context"]], tf.float32)
     out["id"] = example["tfds_id"]
     return out, tf.constant(False)
 
@@ -238,6 +243,8 @@ def _latent_keys(data_config, builder) -> dict[str, str]:
   for out, field in (("label", "label_key"), ("caption", "caption_key")):
     if data_config.get(field):
       keys[out] = data_config[field]
+  if "context" in features:  # Caption contexts of a frozen text encoder.
+    keys["context"] = "context"
   missing = [v for v in keys.values() if v not in features]
   if missing:
     raise ValueError(f"data.latent_key / label_key / caption_key: {missing} are not features "

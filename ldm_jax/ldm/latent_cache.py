@@ -14,8 +14,12 @@ the fly sees, up to float rounding (tests/ldm/latent_cache_test.py). Random crop
 cached (`data.crop` must be 'center'); conditions made from the image itself
 (super-resolution, inpainting, paired or semantic maps) need the images and are refused.
 
-Next to the TFDS files, `first_stage.json` records the first stage's parameter fingerprint;
-the LDM stage refuses a cache made by other weights.
+For conditioning.type='frozen_text' (Stable Diffusion's recipe, as MLPerf's SD reference
+precomputes both) each caption's context from the frozen text encoder is stored too, as
+`context` [L, width] float32, and training reads it instead of running the encoder.
+
+Next to the TFDS files, `first_stage.json` records the first stage's parameter fingerprint
+(and the text encoder's); the LDM stage refuses a cache made by other weights.
 """
 
 import json
@@ -42,9 +46,11 @@ def cache_directory(out: str, name: str = "latent_cache", version: str = "1.0.0"
   return os.path.join(os.path.abspath(out), name, version)
 
 
-def _features(shape, labels, captions: bool, flips: bool):
+def _features(shape, labels, captions: bool, flips: bool, context_shape=None):
   tensor = lambda: tfds.features.Tensor(shape=shape, dtype=np.float32)
   features = {"moments": tensor(), "source_id": tfds.features.Text()}
+  if context_shape is not None:
+    features["context"] = tfds.features.Tensor(shape=context_shape, dtype=np.float32)
   if flips:
     features["moments_flipped"] = tensor()
   if labels is not None:
@@ -54,8 +60,12 @@ def _features(shape, labels, captions: bool, flips: bool):
   return tfds.features.FeaturesDict(features)
 
 
-def _encode_split(fs, params, data, builder, split: str, batch_size: int, flips: bool):
+def _encode_split(fs, params, data, builder, split: str, batch_size: int, flips: bool,
+                  text=None):
+  """(index, example) pairs of one split; `text`: the frozen_text mode whose contexts are
+  stored with the latents."""
   moments_fn = jax.jit(fs.moments)
+  context_fn = None if text is None else jax.jit(text.encode)
   ds = pipeline.create_dataset(data, builder=builder, split=split, train=False, seed=0,
                                batch_size=batch_size, process_index=0, process_count=1)
   index = 0
@@ -64,8 +74,12 @@ def _encode_split(fs, params, data, builder, split: str, batch_size: int, flips:
     images = batch["image"]
     moments = np.asarray(moments_fn(params, images))
     flipped = np.asarray(moments_fn(params, images[:, :, ::-1])) if flips else None
+    contexts = None if text is None else np.asarray(context_fn(
+        text.frozen_params, text.tokenize(batch["caption"])))
     for i in np.flatnonzero(keep):
       example = {"moments": moments[i], "source_id": batch["id"][i]}
+      if contexts is not None:
+        example["context"] = contexts[i]
       if flips:
         example["moments_flipped"] = flipped[i]
       if "label" in batch:
@@ -90,6 +104,12 @@ def build(config: ml_collections.ConfigDict, out: str, *, batch_size: int = 64) 
     raise FileExistsError(f"{directory} exists; a latent cache is never written over. "
                           f"Choose another --out.")
   fs, params = first_stage_lib.load(config)
+  text = None
+  if config.conditioning.type == "frozen_text":
+    if not config.data.caption_key:
+      raise ValueError("conditioning.type='frozen_text' caches each caption's context: set "
+                       "data.caption_key.")
+    text = modes.create(config, fs)
   builder = sources.load_builder(config.data)
   data = config.data.copy_and_resolve_references()
   flips = bool(data.random_flip)
@@ -99,24 +119,31 @@ def build(config: ml_collections.ConfigDict, out: str, *, batch_size: int = 64) 
   labels = builder.info.features[data.label_key] if data.label_key else None
   splits = {}
   for split in dict.fromkeys((data.train_split, data.eval_split)):
-    splits[split] = list(_encode_split(fs, params, data, builder, split, batch_size, flips))
+    splits[split] = list(_encode_split(fs, params, data, builder, split, batch_size, flips,
+                                       text))
     logging.info("Encoded %d examples of %s.", len(splits[split]), split)
   tfds.dataset_builders.store_as_tfds_dataset(
       name="latent_cache", version="1.0.0",
-      features=_features(shape, labels, bool(data.caption_key), flips),
+      features=_features(shape, labels, bool(data.caption_key), flips,
+                         None if text is None else (text.max_length, text.context_width)),
       split_datasets=splits, data_dir=os.path.abspath(out), disable_shuffling=True,
       description=f"First-stage encodings of {data.name} by {fs.description}.")
   metadata = {"fingerprint": first_stage_lib.fingerprint(params), "kind": fs.kind,
               "first_stage": fs.description, "source": data.name,
               "image_size": data.image_size, "random_flip": flips,
               "splits": {k: len(v) for k, v in splits.items()}}
+  if text is not None:
+    metadata["text_encoder"] = {"fingerprint": first_stage_lib.fingerprint(text.frozen_params),
+                                "tokenizer": config.conditioning.tokenizer or "bytes",
+                                "pad": int(text.tokenizer.pad_id)}
   with open(os.path.join(directory, METADATA), "w") as f:
     json.dump(metadata, f, indent=1)
   return directory
 
 
-def check(directory: str, fs, params) -> None:
-  """Raises unless the cache in `directory` was made by these first-stage parameters."""
+def check(directory: str, fs, params, text=None) -> None:
+  """Raises unless the cache in `directory` was made by these first-stage parameters (and,
+  `text` a frozen_text mode, by its text encoder and padding)."""
   path = os.path.join(os.path.abspath(os.path.expanduser(directory)), METADATA)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.name={directory!r} has no {METADATA}: expected a "
@@ -127,6 +154,20 @@ def check(directory: str, fs, params) -> None:
     raise ValueError(f"The latent cache {directory} was encoded by {metadata['first_stage']},"
                      f" not by this run's first stage ({fs.description}): its parameters "
                      f"differ. Rebuild the cache.")
+  if text is None:
+    return
+  stored = metadata.get("text_encoder")
+  if stored is None:
+    raise ValueError(f"The latent cache {directory} holds no caption contexts; "
+                     f"conditioning.type='frozen_text' trains from them. Rebuild it with "
+                     f"this config.")
+  if stored["fingerprint"] != first_stage_lib.fingerprint(text.frozen_params) or \
+      stored["pad"] != int(text.tokenizer.pad_id):
+    raise ValueError(f"The latent cache {directory}'s contexts were made by another text "
+                     f"encoder or padding (tokenizer {stored['tokenizer']}, pad "
+                     f"{stored['pad']}) than this run's "
+                     f"({text.block.get('tokenizer') or 'bytes'}, pad "
+                     f"{int(text.tokenizer.pad_id)}). Rebuild the cache.")
 
 
 _CONFIG = None

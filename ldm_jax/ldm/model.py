@@ -85,7 +85,8 @@ class LatentDiffusion:
       if not self.cond.CACHEABLE:
         raise ValueError(f"data.latent_key is set, but conditioning.type={self.cond.type!r} "
                          f"needs the images; train it without a latent cache.")
-      latent_cache.check(config.data.name, self.first_stage, self.first_stage_params)
+      latent_cache.check(config.data.name, self.first_stage, self.first_stage_params,
+                         self.cond if self.cond.FROZEN else None)
     # The batch fields `loss` reads ('tokens': captions through `cond.host_fields`).
     self.batch_keys = ("moments" if self.cached else "image",) + tuple(
         k for k in self.cond.batch_keys if k != "image")
@@ -116,6 +117,19 @@ class LatentDiffusion:
   def param_shapes(self):
     """`init_params`' tree as ShapeDtypeStructs (nothing allocated)."""
     return jax.eval_shape(self.init_params, jax.random.key(0))
+
+  @property
+  def frozen_params(self) -> dict:
+    """Pretrained parameters that never train, by the key `loss` / `sample` read them
+    under: {'conditioner': a frozen text encoder's} (conditioning.type='frozen_text'), else
+    {}. Kept out of `init_params`, optimisers and checkpoints."""
+    return {"conditioner": self.cond.frozen_params} if self.cond.FROZEN else {}
+
+  def with_frozen(self, params, frozen=None):
+    """`params` with the frozen parameters beside them (`frozen`: those, already placed on
+    devices; default `frozen_params`), as `loss` and `sample` take them."""
+    frozen = self.frozen_params if frozen is None else frozen
+    return {**params, **frozen} if frozen else params
 
   # --- first stage ---------------------------------------------------------------------------
   def encode(self, first_stage_params, images, key=None):
@@ -212,10 +226,13 @@ class LatentDiffusion:
     return self.cond.network_inputs(params.get("conditioner"), first_stage_params, fields,
                                     flags, side)
 
-  def noise(self, key, count: int, side: int | None = None):
-    """Starting latents [count, side, side, channels] ~ N(0, I)."""
+  def noise(self, key, count: int, side: int | tuple[int, int] | None = None):
+    """Starting latents [count, h, w, channels] ~ N(0, I); `side`: h = w, or (h, w)
+    (default: the model's latent size)."""
     side = self.latent_shape[0] if side is None else side
-    return jax.random.normal(key, (count, side, side, self.first_stage.channels), jnp.float32)
+    height, width = (side, side) if isinstance(side, int) else side
+    return jax.random.normal(key, (count, height, width, self.first_stage.channels),
+                             jnp.float32)
 
   def sample_latents(self, params, cond, uncond, noise, *, key=None, sampler: str = "ddim",
                      steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
@@ -231,8 +248,26 @@ class LatentDiffusion:
     else:
       fn = lambda x, t: model_fn(x, t, cond)
     key = jax.random.key(0) if key is None else key
-    return samplers.sample(fn, self.schedule.sampling_table(steps), noise, key=key,
-                           sampler=sampler, steps=steps, prediction=self.prediction, eta=eta)
+    table = self.schedule.sampling_table(steps)
+    return samplers.sample(fn, table, noise, key=key, sampler=sampler, steps=steps,
+                           prediction=self.prediction, eta=eta,
+                           **self.scheduler_settings(table, steps, sampler))
+
+  def scheduler_settings(self, table, steps: int, sampler: str) -> dict:
+    """config.sampling's `steps_offset` (added to the 'leading' timesteps of ddim, ddpm and
+    plms) and `set_alpha_to_one` (False: alpha^2 past the last step is alphas_cumprod[0]),
+    diffusers' scheduler settings; Stable Diffusion's are 1 and False."""
+    block = self.config.sampling
+    offset = int(block.get("steps_offset", 0))
+    last = (steps - 1) * (table.num_timesteps // steps) + offset
+    if sampler != "dpm_solver++" and not 0 <= last < table.num_timesteps:
+      raise ValueError(f"sampling.steps_offset={offset} with steps={steps}: the first "
+                       f"timestep would be {last}, outside 0 .. {table.num_timesteps - 1}; "
+                       f"use fewer steps or steps_offset=0.")
+    settings = {"timestep_offset": offset}
+    if not block.get("set_alpha_to_one", True):
+      settings["final_alpha_cumprod"] = table.alphas_cumprod[0]
+    return settings
 
   def sample(self, params, first_stage_params, fields, *, noise, guidance_scale: float = 1.0,
              **settings):

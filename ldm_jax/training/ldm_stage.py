@@ -4,11 +4,13 @@ The model gives the objective, sampling and parameter layout; this stage adds wh
 needs around it: one optimiser over `params['model'] = {'network', 'conditioner' (class/text
 embedders, trained jointly), 'logvar' (when diffusion.learn_logvar)}`, the EMA (float32,
 CompVis LitEma warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update), the
-non-finite guard, metrics and sample grids. The frozen autoencoder's parameters are a jit
-*argument* (`consts['first_stage']`), so they are never in the optimiser, never donated and
-never checkpointed with the run.
+non-finite guard, metrics and sample grids. The frozen autoencoder's parameters (and a frozen
+text encoder's, conditioning.type='frozen_text') are jit *arguments* (`consts['first_stage']`,
+`consts['frozen']`), so they are never in the optimiser, never donated and never
+checkpointed with the run.
 """
 
+import os
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +47,18 @@ class LdmStage:
     fs_params = self.model.first_stage_params
     self.batch_keys = self.model.batch_keys
     self.constants = {"first_stage": fs_params} if fs_params is not None else {}
+    if self.model.frozen_params:
+      self.constants["frozen"] = self.model.frozen_params
     self.ema = config.get("ema")
     self.optimizers = {"model": optim.create_optimizer(config.optimizer,
                                                        num_steps=config.num_steps,
                                                        params=self.model.param_shapes())}
     self._grid_fn = None
+    # Arguments of a new run's `init_state` (jit arguments, not constants): the network a
+    # fine-tuning run starts from (config.init_from, a converted directory).
+    self.init_inputs = {}
+    if config.get("init_from"):
+      self.init_inputs["network"] = self._pretrained_network(config.init_from)
 
   # --- host side ---------------------------------------------------------------------------
   def prepare(self, batch: dict, mesh, extra=()) -> dict:
@@ -63,10 +72,22 @@ class LdmStage:
     return fields_lib.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
-  def init_state(self, rng) -> TrainState:
+  def init_state(self, rng, network=None) -> TrainState:
+    """A new run's state; `network`: parameters it starts from (`init_inputs`)."""
     params = {"model": self.model.init_params(rng)}
+    if network is not None:
+      params["model"]["network"] = jax.tree.map(lambda new, fresh: new.astype(fresh.dtype),
+                                                network, params["model"]["network"])
     return TrainState.create(params=params, optimizers=self.optimizers, rng=rng,
                              ema=bool(self.ema and self.ema.decay))
+
+  def _pretrained_network(self, directory: str):
+    from ldm_jax.convert import export  # pylint: disable=import-outside-toplevel
+    from ldm_jax.ldm import first_stage  # pylint: disable=import-outside-toplevel
+    loaded = export.read(os.path.expanduser(directory), "network")
+    expected = self.model.param_shapes()["network"]
+    first_stage.check_shapes(expected, loaded, directory, "network")
+    return jax.tree.map(np.asarray, loaded)
 
   def sampling_params(self, state: TrainState):
     """EMA parameters when the run keeps them, else the trained ones."""
@@ -77,9 +98,10 @@ class LdmStage:
     keys = {k: state.step_key(k) for k in model_lib.TRAIN_KEYS}
     inputs = self.model.loss_inputs(consts.get("first_stage"), batch, keys, train=True)
 
-    def loss_fn(params):
-      per_example, mse = self.model.loss_from_inputs(params, batch, inputs,
-                                                     dropout_key=keys["network_dropout"])
+    def loss_fn(params):  # Differentiated in the trained parameters only.
+      per_example, mse = self.model.loss_from_inputs(
+          self.model.with_frozen(params, consts.get("frozen")), batch, inputs,
+          dropout_key=keys["network_dropout"])
       return per_example.mean(), {"loss": per_example.mean(), "mse": mse.mean()}
 
     params = state.params["model"]
@@ -107,8 +129,9 @@ class LdmStage:
     with fixed noise: comparable from one evaluation to the next."""
     key = jax.random.key(self.config.seed + 2)
     keys = {k: jax.random.fold_in(key, i) for i, k in enumerate(("eps", "mask"))}
-    per_example, mse, _ = self.model.loss(self.sampling_params(state),
-                                          consts.get("first_stage"), batch, keys, train=False)
+    params = self.model.with_frozen(self.sampling_params(state), consts.get("frozen"))
+    per_example, mse, _ = self.model.loss(params, consts.get("first_stage"), batch, keys,
+                                          train=False)
     keep = batch["mask"] > 0  # Padding examples of the last batch count for nothing.
     return {"loss": clu_metrics.Average.from_model_output(per_example, mask=keep),
             "mse": clu_metrics.Average.from_model_output(mse, mask=keep)}
@@ -135,8 +158,9 @@ class LdmStage:
     key = jax.random.key(self.config.seed + 3)
     k_fields, k_draw = jax.random.split(key)
     fields, count, columns = self.cond.grid(self.config.sampling, batch, k_fields)
+    params = self.model.with_frozen(self.sampling_params(state), consts.get("frozen"))
     images = np.asarray(self.sample_images_fn()(
-        self.sampling_params(state), consts.get("first_stage"), fields, k_draw, count))
+        params, consts.get("first_stage"), fields, k_draw, count))
     if self.cond.CONCAT:
       truth = batch["image"][:count]
       rows = [self.cond.show(fields, truth), images, truth]

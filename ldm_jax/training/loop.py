@@ -123,7 +123,8 @@ def _train_and_evaluate(config, workdir, preemption):
                       f"checkpoint step {restored_step} is kept")
       return state, eval_metrics
     if state is None:
-      state = jax.jit(stage.init_state, out_shardings=state_shardings)(rng)
+      state = jax.jit(stage.init_state, out_shardings=state_shardings)(
+          rng, **getattr(stage, "init_inputs", {}))
       logging.info("Initialised a new %s run in %s.", config.stage, workdir)
     else:
       logging.info("Resumed from step %d in %s.", restored_step, workdir)

@@ -3,8 +3,9 @@
 A stage provides `batch_keys`, `prepare(batch, mesh, extra_keys)` (host side: the fields its
 steps take), `constants` (frozen jit inputs), `init_state(rng)`, `train_step(state, batch)`,
 `eval_step(state, batch)` ({name: clu `metrics.Average`} over the batch's examples),
-`image_grids(state, batch)` and `finalize(state, config, mesh)`; `loop.train_and_evaluate`
-does the rest.
+`image_grids(state, batch)` and `finalize(state, config, mesh)`, and optionally `init_inputs`
+(keyword arguments of a new run's `init_state`: pretrained weights, passed to the jitted
+initialisation as arguments); `loop.train_and_evaluate` does the rest.
 """
 
 import ml_collections

@@ -5,6 +5,7 @@ Adding a mode: a module with a `base.Mode` subclass, its line in MODES, and its 
 
 from ldm_jax.ldm.modes import base
 from ldm_jax.ldm.modes import class_label
+from ldm_jax.ldm.modes import frozen_text
 from ldm_jax.ldm.modes import inpainting
 from ldm_jax.ldm.modes import low_res
 from ldm_jax.ldm.modes import none
@@ -13,7 +14,8 @@ from ldm_jax.ldm.modes import semantic
 from ldm_jax.ldm.modes import text
 
 MODES = {mode.NAME: mode for mode in (
-    none.Unconditional, class_label.ClassLabel, text.Text, low_res.LowRes,
+    none.Unconditional, class_label.ClassLabel, text.Text, frozen_text.FrozenText,
+    low_res.LowRes,
     inpainting.Inpainting, semantic.Semantic, paired.PairedImage)}
 TYPES = tuple(MODES)
 CONCAT_TYPES = tuple(name for name, mode in MODES.items() if mode.CONCAT)

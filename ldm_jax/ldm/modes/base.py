@@ -89,6 +89,7 @@ class Mode:
   CACHEABLE = False  # A latent cache can hold its training inputs (not image-derived).
   SAMPLE_INPUTS = ()  # Keywords of `Sampler.sample` it takes.
   CONDITIONER = None  # config.conditioner.type it trains jointly, if any.
+  FROZEN = False  # Its conditioner is pretrained and frozen (`frozen_params`).
 
   def __init__(self, config: ml_collections.ConfigDict, first_stage):
     block = config.conditioning
@@ -99,7 +100,8 @@ class Mode:
       raise ValueError(f"conditioning.dropout={self.dropout}: expected a probability in "
                        f"[0, 1).")
     self.key = block.get("key")
-    self.module = None  # The trained conditioner (class / text embedder), if any.
+    self.module = None  # The conditioner (class / text embedder), if any.
+    self.frozen_params = None  # A frozen conditioner's parameters (FROZEN modes).
     self.concat_channels = 0
     self.image_channels = first_stage.image_channels
     self.setup(config)
