@@ -2,6 +2,8 @@
 
   python sample.py --workdir=out/quickstart/ldm --class_label=3 --num_samples=16 --out=/tmp/s
   python sample.py --checkpoint=CONVERTED_DIR --prompt="a red car" --guidance_scale=3 --out=DIR
+  python sample.py --checkpoint=SD15 --prompt="a lighthouse at dusk" \
+      --negative_prompt="blurry, low quality" --height=512 --width=768 --out=DIR
   python sample.py --workdir=SR_RUN --cond_image=low.png --out=DIR          (super-resolution)
   python sample.py --workdir=INPAINT_RUN --image=x.png --mask=hole.png --out=DIR
   python sample.py --workdir=RUN --num_samples=50000 --stream --out=DIR   (for FID; resumable,
@@ -29,6 +31,12 @@ flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance (1: none)."
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_multi_integer("class_label", None, "Class(es); default every class.")
 flags.DEFINE_multi_string("prompt", None, "Caption(s) for a text-conditional model.")
+flags.DEFINE_multi_string("negative_prompt", None, "Text models: what guidance steers away "
+                          "from (one, or one per --prompt); default the empty caption.")
+flags.DEFINE_integer("height", None, "Pixels (unconditional / class / text models; default "
+                     "the model's image size).")
+flags.DEFINE_integer("width", None, "Pixels (unconditional / class / text models; default "
+                     "the model's image size).")
 flags.DEFINE_string("cond_image", None, "Low-resolution image (super-resolution) or paired "
                     "input image (image -> image): PNG/JPEG, or .npy [K, H, W, C].")
 flags.DEFINE_string("image", None, "Inpainting: the image.")
@@ -51,19 +59,19 @@ def main(argv):
   from ldm_jax.sampling import files  # pylint: disable=import-outside-toplevel
   names = ("workdir", "checkpoint", "step", "use_ema", "out", "num_samples", "batch_size",
            "sampler", "steps", "eta", "guidance_scale", "seed", "cond_image", "image", "mask",
-           "semantic_map")
+           "semantic_map", "height", "width")
   kwargs = {name: FLAGS[name].value for name in names}
-  class_label, prompt = FLAGS.class_label, FLAGS.prompt
-  kwargs["class_label"] = class_label[0] if class_label and len(class_label) == 1 else class_label
-  kwargs["prompt"] = prompt[0] if prompt and len(prompt) == 1 else prompt
+  one_or_list = lambda values: values[0] if values and len(values) == 1 else values
+  kwargs["class_label"] = one_or_list(FLAGS.class_label)
+  kwargs["prompt"] = one_or_list(FLAGS.prompt)
+  kwargs["negative_prompt"] = one_or_list(FLAGS.negative_prompt)
   if FLAGS.stream:
-    for name in ("cond_image", "image", "mask", "semantic_map"):
+    for name in ("cond_image", "image", "mask", "semantic_map", "prompt", "negative_prompt",
+                 "height", "width"):
       if kwargs.pop(name) is not None:
         raise app.UsageError(f"--{name} with --stream: evaluation-sized sampling draws "
-                             f"unconditional and class-conditional models only.")
-    if kwargs.pop("prompt") is not None:
-      raise app.UsageError("--prompt with --stream: evaluation-sized sampling draws "
-                           "unconditional and class-conditional models only.")
+                             f"unconditional and class-conditional models at their own "
+                             f"size only.")
     path = files.run_stream(process_index=FLAGS.process_index,
                             process_count=FLAGS.process_count, **kwargs)
     print(f"wrote {path}" if path else f"this process's batches are in {FLAGS.out}/batches; "

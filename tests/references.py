@@ -58,3 +58,25 @@ def require_torchvision():
   import it for their Inception code)."""
   allow_torchvision()
   return require("torchvision")
+
+
+def write_clip_vocab(folder) -> str:
+  """CLIP's vocab.json + merges.txt, as in a diffusers pipeline's `tokenizer/` folder, written
+  into `folder` from the BPE merges open_clip's wheel ships, the way OpenAI's tokenizer makes
+  its vocabulary: the 256 byte symbols, the same ending a word, one token per merge, then the
+  two special tokens (49406, 49407)."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  open_clip = require("open_clip")
+  with gzip.open(open_clip.tokenizer.default_bpe()) as f:
+    lines = f.read().decode("utf-8").split("\n")
+  merges = lines[1:49152 - 256 - 2 + 1]
+  symbols = list(open_clip.tokenizer.bytes_to_unicode().values())
+  vocab = (symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] +
+           ["<|startoftext|>", "<|endoftext|>"])
+  folder = str(folder)
+  with open(os.path.join(folder, "vocab.json"), "w") as f:
+    json.dump({t: i for i, t in enumerate(vocab)}, f)
+  with open(os.path.join(folder, "merges.txt"), "w") as f:
+    f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+  return folder

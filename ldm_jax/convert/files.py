@@ -3,7 +3,8 @@
 * `.safetensors` is read with `safetensors.numpy` (no torch needed);
 * `.ckpt` / `.pt` / `.bin` with `torch.load(weights_only=True)` (torch needed);
 * a diffusers model folder (`config.json` + `diffusion_pytorch_model[.fp16].safetensors` or
-  `.bin`, sharded with an `.index.json` or not), or a pipeline folder with a subfolder.
+  `.bin`, sharded with an `.index.json` or not; a transformers model's `model.safetensors` /
+  `pytorch_model.bin` too), or a pipeline folder with a subfolder.
 A CompVis/Lightning `.ckpt` keeps its weights under `state_dict`; that level is removed.
 """
 
@@ -17,7 +18,10 @@ import numpy as np
 from ldm_jax.convert import torch_weights
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
+                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin",
+                # transformers' names (a pipeline's text_encoder/).
+                "model.safetensors", "pytorch_model.bin", "model.fp16.safetensors",
+                "pytorch_model.fp16.bin")
 
 
 class UnreadableWeightsError(ValueError):

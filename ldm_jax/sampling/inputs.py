@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 # Every condition keyword of `Sampler.sample`; each mode takes some of them (SAMPLE_INPUTS).
-KEYWORDS = ("class_label", "prompt", "cond_image", "image", "mask", "semantic_map")
+KEYWORDS = ("class_label", "prompt", "negative_prompt", "cond_image", "image", "mask",
+            "semantic_map")
 _DEFAULT_SAMPLES = 16
 
 
@@ -19,7 +20,7 @@ _DEFAULT_SAMPLES = 16
 class Conditions:
   fields: dict  # Batch fields, [num_samples, ...] each.
   num_samples: int
-  side: int  # Latent side.
+  side: tuple[int, int]  # Latent height and width.
   columns: int
   per_sample: list
 
@@ -59,13 +60,26 @@ def _check_side(sampler, image_side: int, name: str) -> int:
   return image_side // down
 
 
-def build(sampler, given: dict, num_samples) -> Conditions:
+def build(sampler, given: dict, num_samples, height=None, width=None) -> Conditions:
   """The per-sample condition fields of `given` (keywords of KEYWORDS, None where not
-  given) for `sampler`'s model."""
+  given) for `sampler`'s model; `height` / `width` (pixels) replace the model's image size
+  where the condition does not fix it (unconditional, class and text models)."""
   mode = sampler.model.cond
   _refuse_unused(mode, given)
   request = mode.read(given, int(sampler.config.data.image_size))
-  side = _check_side(sampler, request.image_side, request.side_name)
+  size = [request.image_side, request.image_side]
+  for axis, (name, value) in enumerate((("height", height), ("width", width))):
+    if value is None:
+      continue
+    if mode.CONCAT:
+      raise ValueError(f"{name}={value}: the size of a {mode.NAME!r} model's samples is "
+                       f"that of its condition ({request.side_name}).")
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name}={value!r}: expected a positive number of pixels.")
+    size[axis] = int(value)
+  side = tuple(_check_side(sampler, s, n) for s, n in zip(
+      size, (request.side_name if height is None else "height",
+             request.side_name if width is None else "width")))
   index, n, columns = _choices(len(request.options), num_samples, request.default_count)
   fields = {k: np.asarray(v)[index] for k, v in request.fields.items()}
   return Conditions(fields, n, side, columns, [request.options[i] for i in index])

@@ -96,6 +96,10 @@ def _load_export(directory: str, config, devices):
   config = networks.migrate_config(ml_collections.ConfigDict(config.to_dict()))
   if "autoencoder" in parts:
     config.first_stage.update(source="export", path=directory)
+  if "tokenizer" in parts:  # Where the converter copied them (the directory may have moved).
+    config.conditioning.tokenizer = os.path.join(directory, "tokenizer")
+  if config.conditioning.type == "frozen_text":
+    config.conditioning.text_encoder = directory
   elif config.first_stage.source != "pixels":
     raise FileNotFoundError(f"{directory} has no autoencoder/ weights and its config's "
                             f"first_stage.source is {config.first_stage.source!r}.")
@@ -122,7 +126,7 @@ class Sampler:
     self.mesh = Mesh(np.asarray(devices), ("batch",))
     replicated = NamedSharding(self.mesh, P())
     self._batch_sharding = NamedSharding(self.mesh, P("batch"))
-    self._params = jax.device_put(params, replicated)
+    self._params = jax.device_put(model.with_frozen(params), replicated)
     fs = model.first_stage_params
     self._fs_params = None if fs is None else jax.device_put(fs, replicated)
     self._compiled = {}
@@ -136,7 +140,8 @@ class Sampler:
   def set_params(self, params, step=None, source: str | None = None) -> None:
     """Other parameters of the same shapes (a training run's newer EMA): the compiled
     functions are kept."""
-    self._params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self._params = jax.device_put(self.model.with_frozen(params),
+                                  NamedSharding(self.mesh, P()))
     self.step = step
     self.source = source or self.source
 
@@ -193,22 +198,27 @@ class Sampler:
 
   # --- sampling ----------------------------------------------------------------------------
   def sample(self, num_samples: int | None = None, *, class_label=None, prompt=None,
-             cond_image=None, image=None, mask=None, semantic_map=None, sampler=None,
-             steps=None, eta=None, guidance_scale=None, guidance_rescale=0.0, seed: int = 0,
-             batch_size: int | None = None, progress: bool = False,
-             paste_known: bool = True, first_index: int = 0) -> Samples:
+             negative_prompt=None, cond_image=None, image=None, mask=None,
+             semantic_map=None, height: int | None = None, width: int | None = None,
+             sampler=None, steps=None, eta=None, guidance_scale=None,
+             guidance_rescale=0.0, seed: int = 0, batch_size: int | None = None,
+             progress: bool = False, paste_known: bool = True,
+             first_index: int = 0) -> Samples:
     """Draws `num_samples` images (uint8). Images given as uint8 are in [0, 255], as float
-    in [-1, 1]; masks are 1 (or True, or 255) in the hole. `paste_known` puts the unmasked
-    pixels of an inpainting image back into the samples (as CompVis' inpainting script).
-    `first_index` (a multiple of the batch size) numbers these samples from there: drawn in
-    parts, a large set gets the images one call would give."""
+    in [-1, 1]; masks are 1 (or True, or 255) in the hole. `negative_prompt` (one, or one
+    per prompt) replaces the empty caption in guidance's unconditional half. `height` and
+    `width` (pixels, multiples of the latent factor times the network's downsampling; any
+    aspect ratio) replace the model's image size for unconditional, class and text models.
+    `paste_known` puts the unmasked pixels of an inpainting image back into the samples (as
+    CompVis' inpainting script). `first_index` (a multiple of the batch size) numbers these
+    samples from there: drawn in parts, a large set gets the images one call would give."""
     settings = self.settings(sampler=sampler, steps=steps, eta=eta,
                              guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
       raise ValueError(f"seed={seed!r}: expected an integer in 0 .. 2**32 - 1.")
-    given = dict(class_label=class_label, prompt=prompt, cond_image=cond_image, image=image,
-                 mask=mask, semantic_map=semantic_map)
-    cond = inputs_lib.build(self, given, num_samples)
+    given = dict(class_label=class_label, prompt=prompt, negative_prompt=negative_prompt,
+                 cond_image=cond_image, image=image, mask=mask, semantic_map=semantic_map)
+    cond = inputs_lib.build(self, given, num_samples, height, width)
     batch_size = self.batch_size_for(batch_size, cond.num_samples)
     if first_index < 0 or first_index % batch_size:
       raise ValueError(f"first_index={first_index}: expected a multiple of the batch size "
@@ -239,10 +249,12 @@ class Sampler:
     if self.mode == "inpainting" and paste_known:
       hole = cond.fields["mask"]
       images = hole * images + (1.0 - hole) * cond.fields["image"]
+    down = self.model.first_stage.downsample
     settings.update(mode=self.mode, num_samples=count, seed=int(seed), batch_size=batch_size,
-                    first_index=int(first_index),
-                    num_devices=self.num_devices, image_size=cond.side * self.model.first_stage
-                    .downsample, checkpoint=self.source, step=self.step,
+                    first_index=int(first_index), num_devices=self.num_devices,
+                    height=cond.side[0] * down, width=cond.side[1] * down,
+                    image_size=cond.side[0] * down if cond.side[0] == cond.side[1] else None,
+                    checkpoint=self.source, step=self.step,
                     paste_known=bool(paste_known) if self.mode == "inpainting" else None)
     return Samples(visualize.to_uint8(images), cond.per_sample, cond.columns, settings)
 
@@ -256,7 +268,15 @@ class Sampler:
                        f"{devices} local devices (the batch is sharded over them).")
     return batch_size
 
-  def _function(self, settings: dict, side: int, batch_size: int, progress: bool):
+  def noise(self, seed: int, index, side: tuple[int, int]) -> np.ndarray:
+    """The starting latents [len(index), h, w, c] of samples `index` under `seed` (what
+    `sample` starts from: each from fold_in(seed, i))."""
+    root = jax.random.key(seed)
+    return np.asarray(jax.vmap(lambda i: self.model.noise(jax.random.fold_in(root, i), 1,
+                                                          side)[0])(jnp.asarray(index)))
+
+  def _function(self, settings: dict, side: tuple[int, int], batch_size: int,
+                progress: bool):
     key = (tuple(sorted(settings.items())), side, batch_size, progress)
     if key not in self._compiled:
       self._compiled[key] = jax.jit(

@@ -3,7 +3,6 @@ references: transformers' tokenizers (what diffusers' pipelines run) and open_cl
 OpenAI's original CLIP tokenizer. The CLIP vocabulary is built from the merges file that the
 open_clip wheel ships, so nothing is downloaded."""
 
-import gzip
 import json
 import os
 import shutil
@@ -116,18 +115,9 @@ def transformers():
 
 @pytest.fixture(scope="module")
 def clip_dir(open_clip, tmp_path_factory):
-  """CLIP's vocab.json + merges.txt as in a diffusers pipeline's `tokenizer/` folder, made as
-  OpenAI's tokenizer makes its vocabulary: the 256 byte symbols, the same ending a word, one
-  token per merge, then the two special tokens."""
-  lines = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
-  merges = lines[1:49152 - 256 - 2 + 1]
-  symbols = list(open_clip.tokenizer.bytes_to_unicode().values())
-  vocab = (symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] +
-           ["<|startoftext|>", "<|endoftext|>"])
-  folder = tmp_path_factory.mktemp("clip")
-  (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-  (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-  return str(folder)
+  """CLIP's vocab.json + merges.txt (tests/references.py)."""
+  del open_clip
+  return references.write_clip_vocab(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,198 @@
+"""Whole text-to-image pipelines, end to end: diffusers' StableDiffusionPipeline with random
+weights (SD-1-shaped: CLIP quick_gelu, 8 heads; SD-2-shaped: gelu, 64-channel heads, linear
+projections, v-prediction, pad 0), saved as a diffusers folder and as a CompVis single file,
+converted by our CLI code, sampled from a prompt and a negative prompt at a non-square size
+with guidance 7.5 (DDIM and DPM-Solver++): the images equal diffusers' from the same
+starting latents within 1 uint8 level per pixel.
+
+The single file is written from the same torch weights under CompVis names: the UNet and VAE
+names by convert/compvis.py's rules (checked against diffusers' own converters and the CompVis
+code in compvis_test.py / compvis_reference_test.py), SD 2's text encoder in OpenCLIP's layout
+(checked against Stability's embedder in text_encoders_test.py) with one more, unused, block.
+Both conversions must give identical parameters and the same config.
+"""
+
+import json
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from ldm_jax import sampling
+from ldm_jax.convert import export
+from ldm_jax.convert import pipeline
+from tests import references
+from tests import torch_reference as ref
+
+torch = ref.torch
+diffusers = references.require("diffusers")
+transformers = references.require("transformers")
+
+PROMPTS = ["a photograph of a red bicycle", "an oil painting of a lighthouse at night!!"]
+NEGATIVE = ["blurry", "low quality, jpeg artifacts"]
+HEIGHT, WIDTH, STEPS = 32, 48, 4
+SHAPES = {  # UNet widths, head counts (diffusers' attention_head_dim), text width / act.
+    "sd1": dict(widths=(32, 64), heads=8, linear=False, act="quick_gelu", pad="<|endoftext|>",
+                prediction="epsilon"),
+    "sd2": dict(widths=(64, 128), heads=(1, 2), linear=True, act="gelu", pad="!",
+                prediction="v_prediction"),
+}
+TEXT_WIDTH, TEXT_LAYERS = 128, 2
+
+
+def _scheduler(kind: str, prediction: str):
+  betas = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+               prediction_type=prediction)
+  if kind == "ddim":
+    return diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                   **betas)
+  return diffusers.DPMSolverMultistepScheduler(
+      solver_order=2, algorithm_type="dpmsolver++", final_sigmas_type="zero",
+      timestep_spacing="linspace", **betas)
+
+
+def _diffusers_pipeline(family: str, clip_dir: str):
+  shape = SHAPES[family]
+  torch.manual_seed(0)
+  unet = diffusers.UNet2DConditionModel(
+      sample_size=16, in_channels=4, out_channels=4, block_out_channels=shape["widths"],
+      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+      cross_attention_dim=TEXT_WIDTH, attention_head_dim=shape["heads"],
+      use_linear_projection=shape["linear"], norm_num_groups=32)
+  vae = diffusers.AutoencoderKL(
+      in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+      latent_channels=4, norm_num_groups=32, sample_size=32)
+  text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH,
+      num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_WIDTH // 64,
+      max_position_embeddings=77, hidden_act=shape["act"], bos_token_id=49406,
+      eos_token_id=49407))
+  ref.randomize(text, seed=1)  # Default CLIP init would leave the context near constant.
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(clip_dir, pad_token=shape["pad"],
+                                                         model_max_length=77)
+  pipe = diffusers.StableDiffusionPipeline(
+      vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
+      scheduler=_scheduler("ddim", shape["prediction"]), safety_checker=None,
+      feature_extractor=None, requires_safety_checker=False)
+  pipe.set_progress_bar_config(disable=True)
+  return pipe
+
+
+def _open_clip_layout(text_state: dict, width: int) -> dict:
+  """transformers CLIPTextModel names -> OpenCLIP's (SD 2.x files), plus one more block
+  that SD 2 never runs (the penultimate layer is its context)."""
+  state = {k.removeprefix("text_model."): v.numpy() for k, v in text_state.items()}
+  out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
+         "positional_embedding": state["embeddings.position_embedding.weight"],
+         "ln_final.weight": state["final_layer_norm.weight"],
+         "ln_final.bias": state["final_layer_norm.bias"],
+         "text_projection": np.ones((width, width), np.float32),
+         "logit_scale": np.ones((), np.float32)}
+  rng = np.random.default_rng(0)
+  for i in range(TEXT_LAYERS + 1):
+    ours, theirs = f"encoder.layers.{min(i, TEXT_LAYERS - 1)}.", f"transformer.resblocks.{i}."
+    for leaf in ("weight", "bias"):
+      out[f"{theirs}attn.in_proj_{leaf}"] = np.concatenate(
+          [state[f"{ours}self_attn.{p}_proj.{leaf}"] for p in "qkv"])
+      for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                   ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        out[f"{theirs}{a}.{leaf}"] = state[f"{ours}{b}.{leaf}"]
+    if i == TEXT_LAYERS:  # The unused last block: other values.
+      for key in [k for k in out if k.startswith(theirs)]:
+        out[key] = rng.normal(size=out[key].shape).astype(np.float32)
+  return {f"cond_stage_model.model.{k}": v for k, v in out.items()}
+
+
+def _single_file(family: str, pipe, path: str) -> None:
+  unet_block = types.SimpleNamespace(attention_resolutions=(1,), channel_mult=(1, 2),
+                                     num_res_blocks=1)
+  state = ref.compvis_unet_state(unet_block, pipe.unet)
+  state.update(ref.compvis_autoencoder_state(types.SimpleNamespace(ch_mult=(1, 2)), pipe.vae))
+  if family == "sd1":
+    state.update({f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}":
+                  v.numpy() for k, v in pipe.text_encoder.state_dict().items()})
+  else:
+    state.update(_open_clip_layout(pipe.text_encoder.state_dict(), TEXT_WIDTH))
+  state["alphas_cumprod"] = pipe.scheduler.alphas_cumprod.numpy()
+  save_file(state, path)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+  return references.write_clip_vocab(tmp_path_factory.mktemp("clip"))
+
+
+def _flat(directory: str, part: str) -> dict:
+  tree = export.read(directory, part)
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _without_paths(config) -> dict:
+  config = json.loads(config.to_json_best_effort())
+  config["first_stage"].pop("path")
+  config["init_from"] = None
+  for key in ("tokenizer", "text_encoder", "pad"):
+    config["conditioning"].pop(key)
+  return config
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
+  pipe = _diffusers_pipeline(family, clip_dir)
+  folder, single = str(tmp_path / "diffusers"), str(tmp_path / "sd.safetensors")
+  pipe.save_pretrained(folder, safe_serialization=True)
+  _single_file(family, pipe, single)
+  prediction = "v" if family == "sd2" else None
+  from_file = pipeline.convert(single, str(tmp_path / "from_file"),
+                               tokenizer=os.path.join(folder, "tokenizer"),
+                               prediction=prediction)
+  from_folder = pipeline.convert(folder, str(tmp_path / "from_folder"))
+  # One model either way: the same parameters, bit for bit, and the same settings.
+  for part in ("network", "autoencoder", "conditioner"):
+    a, b = _flat(str(tmp_path / "from_file"), part), _flat(str(tmp_path / "from_folder"), part)
+    assert a.keys() == b.keys(), part
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f"{part} {key}")
+  assert from_file.conditioner.depth == TEXT_LAYERS + (family == "sd2")
+  assert from_folder.conditioner.depth == TEXT_LAYERS
+  file_config, folder_config = _without_paths(from_file), _without_paths(from_folder)
+  file_config["conditioner"].update(depth=TEXT_LAYERS, output_layer=-1)  # SD 2: 3 blocks, -2.
+  assert file_config == folder_config
+  assert from_file.diffusion.prediction == ("v" if family == "sd2" else "eps")
+
+  model = sampling.load(checkpoint=str(tmp_path / "from_file"), devices=jax.devices()[:2])
+  latent = (HEIGHT // 2, WIDTH // 2)
+  noise = model.noise(0, np.arange(len(PROMPTS)), latent)
+  for kind, sampler in (("ddim", "ddim"), ("dpm", "dpm_solver++")):
+    ours = model.sample(len(PROMPTS), prompt=PROMPTS, negative_prompt=NEGATIVE, height=HEIGHT,
+                        width=WIDTH, sampler=sampler, steps=STEPS, guidance_scale=7.5, seed=0)
+    pipe.scheduler = _scheduler(kind, SHAPES[family]["prediction"])
+    with torch.no_grad():
+      theirs = pipe(PROMPTS, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
+                    num_inference_steps=STEPS, guidance_scale=7.5, output_type="np",
+                    latents=torch.from_numpy(noise.transpose(0, 3, 1, 2).copy())).images
+    theirs = np.round(theirs * 255.0)
+    assert ours.images.shape == theirs.shape == (len(PROMPTS), HEIGHT, WIDTH, 3)
+    diff = np.abs(ours.images.astype(np.float64) - theirs)
+    inside = np.mean((theirs > 0) & (theirs < 255))
+    print(f"{family} {sampler}: max |ours - diffusers| = {diff.max():.0f} uint8 levels "
+          f"({np.mean(diff > 0):.2%} of pixels differ; {inside:.0%} unsaturated)")
+    assert inside > 0.5  # The images carry information, not saturated noise.
+    assert diff.max() <= 1.0
+    assert ours.settings["height"] == HEIGHT and ours.settings["width"] == WIDTH
+  # The comparison sees the text: without the negative prompts diffusers' images move.
+  with torch.no_grad():
+    plain = pipe(PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                 guidance_scale=7.5, output_type="np",
+                 latents=torch.from_numpy(noise.transpose(0, 3, 1, 2).copy())).images
+  moved = np.abs(np.round(plain * 255.0) - ours.images).max()
+  print(f"{family}: without the negative prompts, up to {moved:.0f} levels away")
+  assert moved > 8
