@@ -96,13 +96,13 @@ def _load_export(directory: str, config, devices):
   config = networks.migrate_config(ml_collections.ConfigDict(config.to_dict()))
   if "autoencoder" in parts:
     config.first_stage.update(source="export", path=directory)
+  elif config.first_stage.source != "pixels":
+    raise FileNotFoundError(f"{directory} has no autoencoder/ weights and its config's "
+                            f"first_stage.source is {config.first_stage.source!r}.")
   if "tokenizer" in parts:  # Where the converter copied them (the directory may have moved).
     config.conditioning.tokenizer = os.path.join(directory, "tokenizer")
   if config.conditioning.type == "frozen_text":
     config.conditioning.text_encoder = directory
-  elif config.first_stage.source != "pixels":
-    raise FileNotFoundError(f"{directory} has no autoencoder/ weights and its config's "
-                            f"first_stage.source is {config.first_stage.source!r}.")
   model = model_lib.LatentDiffusion(config)
   expected = model.param_shapes()
   params = {}

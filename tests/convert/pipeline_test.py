@@ -196,3 +196,102 @@ def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
   moved = np.abs(np.round(plain * 255.0) - ours.images).max()
   print(f"{family}: without the negative prompts, up to {moved:.0f} levels away")
   assert moved > 8
+
+
+def test_pipeline_conversion_errors(clip_dir, tmp_path):
+  pipe = _diffusers_pipeline("sd1", clip_dir)
+  single = str(tmp_path / "sd.safetensors")
+  _single_file("sd1", pipe, single)
+  with pytest.raises(ValueError, match="holds no tokenizer: pass tokenizer=DIR, CLIP"):
+    pipeline.convert(single, str(tmp_path / "a"))
+  vocab_txt = tmp_path / "vocab.txt"
+  vocab_txt.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
+  with pytest.raises(ValueError, match="vocab.txt"):  # WordPiece files for a CLIP encoder.
+    pipeline.convert(single, str(tmp_path / "b"), tokenizer=str(vocab_txt))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="vocab.json"):
+    pipeline.convert(single, str(tmp_path / "c"), tokenizer=str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match="prediction='x0'"):
+    pipeline.convert(single, str(tmp_path / "d"), tokenizer=clip_dir, prediction="x0")
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  state = load_file(single)
+  # A class-conditional LDM's file: no text encoder of a known family.
+  classes = {k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}
+  classes["cond_stage_model.embedding.weight"] = np.zeros((10, 128), np.float32)
+  save_file(classes, str(tmp_path / "cin.safetensors"))
+  with pytest.raises(ValueError, match="not a text-to-image checkpoint of a known family"):
+    pipeline.convert(str(tmp_path / "cin.safetensors"), str(tmp_path / "e"), tokenizer=clip_dir)
+  # A UNet that attends to another width than the text encoder gives.
+  narrow = dict(state)
+  for key in [k for k in state if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]:
+    narrow[key] = state[key][:, :64]
+  save_file(narrow, str(tmp_path / "narrow.safetensors"))
+  with pytest.raises(ValueError, match="width is 128 but the UNet attends to a context of 64"):
+    pipeline.convert(str(tmp_path / "narrow.safetensors"), str(tmp_path / "f"),
+                     tokenizer=clip_dir)
+  # Another schedule than Stable Diffusion's.
+  shifted = dict(state, alphas_cumprod=state["alphas_cumprod"] * 0.9)
+  save_file(shifted, str(tmp_path / "shifted.safetensors"))
+  with pytest.raises(ValueError, match="differ from Stable Diffusion's schedule"):
+    pipeline.convert(str(tmp_path / "shifted.safetensors"), str(tmp_path / "g"),
+                     tokenizer=clip_dir)
+  out = tmp_path / "done"
+  pipeline.convert(single, str(out), tokenizer=clip_dir)
+  assert sorted(os.listdir(out / "tokenizer")) == ["merges.txt", "vocab.json"]
+  with pytest.raises(FileExistsError, match="never written over"):
+    pipeline.convert(single, str(out), tokenizer=clip_dir)
+  model = sampling.load(checkpoint=str(out))
+  assert model.config.data.image_size == 512 and model.config.sampling.guidance_scale == 7.5
+  with pytest.raises(ValueError, match="height: the output would be 34 px, which must be a "
+                     "multiple of 4"):
+    model.sample(1, prompt="a cat", height=34, width=32)
+  with pytest.raises(ValueError, match="width=0: expected a positive number of pixels"):
+    model.sample(1, prompt="a cat", height=32, width=0)
+
+
+@pytest.mark.parity
+def test_ldm_txt2img_single_file_converts_with_its_bert_encoder(tmp_path):
+  """LDM txt2img-1p4B's layout (x-transformers BERTEmbedder, 8 heads of 64, context = its
+  width) at tiny size: the family, architecture and tokenizer are found, the encoder equals
+  x-transformers' on the tokenizer's ids, and the pipeline samples from a prompt."""
+  x_transformers = references.require("x_transformers")
+  width = 64
+  bert = x_transformers.TransformerWrapper(num_tokens=100, max_seq_len=77,
+                                           attn_layers=x_transformers.Encoder(dim=width, depth=2))
+  ref.randomize(bert, seed=2)
+  bert.eval()
+  torch.manual_seed(0)
+  unet = diffusers.UNet2DConditionModel(
+      sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+      cross_attention_dim=width, attention_head_dim=8, norm_num_groups=32)
+  vae = diffusers.AutoencoderKL(
+      block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32,
+      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+  state = ref.compvis_unet_state(types.SimpleNamespace(
+      attention_resolutions=(1,), channel_mult=(1, 2), num_res_blocks=1), unet)
+  state.update(ref.compvis_autoencoder_state(types.SimpleNamespace(ch_mult=(1, 2)), vae))
+  state.update({f"cond_stage_model.transformer.{k}": v.numpy()
+                for k, v in bert.state_dict().items()})
+  path = str(tmp_path / "txt2img-1p4B-tiny.ckpt.safetensors")
+  save_file(state, path)
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red",
+                              "car", "photo", "of", "##s"]) + "\n")
+  out = str(tmp_path / "converted")
+  config = pipeline.convert(path, out, tokenizer=str(vocab))
+  assert config.conditioning.type == "text" and config.conditioner.type == "text"
+  assert (config.conditioner.width, config.conditioner.depth, config.conditioner.heads,
+          config.conditioner.head_dim) == (width, 2, 8, 64)
+  assert config.network.num_heads == 8 and config.network.context_dim == width
+  assert config.sampling.guidance_scale == 5.0 and config.diffusion.prediction == "eps"
+  model = sampling.load(checkpoint=out, devices=jax.devices()[:1])
+  tokens = model.cond.tokenize(["a photo of red cars"])
+  assert tokens[0, :8].tolist() == [2, 5, 8, 9, 6, 7, 10, 3]  # [CLS] .. car ##s [SEP].
+  ours = model.cond.module.apply({"params": model._params["conditioner"]}, tokens)  # pylint: disable=protected-access
+  with torch.no_grad():
+    theirs = bert(torch.from_numpy(tokens.astype(np.int64)), return_embeddings=True).numpy()
+  assert ref.relative_error(ours, theirs) <= 1e-5
+  images = model.sample(1, prompt="a red car", height=16, width=16, steps=2).images
+  assert images.shape == (1, 16, 16, 3)

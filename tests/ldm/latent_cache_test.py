@@ -101,3 +101,40 @@ def test_cache_errors(cache, data_dir, tmp_path):
   random_crop = _config(data_dir, crop="random")
   with pytest.raises(ValueError, match="only center crops can be cached"):
     latent_cache.build(random_crop, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_frozen_text_trains_from_cached_contexts_as_from_captions(data_dir, tmp_path):
+  """Stable Diffusion's recipe at tiny size: the cache stores each caption's context from
+  the frozen text encoder; a step reading them equals a step encoding the captions, the
+  encoder never trains, and the run samples from a prompt."""
+  from configs import stable_diffusion  # pylint: disable=import-outside-toplevel
+  from ldm_jax import sampling  # pylint: disable=import-outside-toplevel
+  config = stable_diffusion.get_config("tiny")
+  config.data.data_dir = data_dir
+  config.update(num_steps=1, eval_every=100)
+  config.optimizer.eps = 1.0  # Compare the steps, not Adam's sign of rounding noise.
+  directory = latent_cache.build(config, str(tmp_path / "cache"))
+  stage = stages.create(config)
+  assert "conditioner" not in stage.model.param_shapes()  # Nothing of the encoder trains.
+  # The stored contexts are the encoder's output for the stored captions.
+  cached = _cached(config, directory)
+  cached.data.caption_key = "caption"
+  batch = next(pipeline.create_iterator(cached.data, seed=0, mesh=sharding.create_mesh(
+      config.mesh), train=False))
+  tokens = stage.cond.tokenize(batch["caption"])
+  expected = np.asarray(jax.jit(stage.cond.encode)(stage.cond.frozen_params, tokens))
+  np.testing.assert_allclose(np.asarray(batch["context"]), expected, rtol=1e-5, atol=1e-5)
+  direct = _steps_from_images(config, 1)
+  run = str(tmp_path / "run")
+  state, _ = loop.train_and_evaluate(_cached(config, directory), run)
+  for a, b in zip(jax.tree.leaves(jax.device_get(direct.params)),
+                  jax.tree.leaves(jax.device_get(state.params))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  samples = sampling.load(run).sample(2, prompt="a handwritten digit seven",
+                                      negative_prompt="a handwritten digit one", steps=2)
+  assert samples.images.shape == (2, 16, 16, 1)
+  other = config.copy_and_resolve_references()
+  other.conditioner.depth = 1  # Another (random) text encoder: its contexts do not fit.
+  with pytest.raises(ValueError, match="contexts were made by another text encoder"):
+    stages.create(_cached(other, directory))
