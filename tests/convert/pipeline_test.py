@@ -54,7 +54,9 @@ def _scheduler(kind: str, prediction: str):
       timestep_spacing="linspace", **betas)
 
 
-def _diffusers_pipeline(family: str, clip_dir: str):
+def diffusers_pipeline(family: str, clip_dir: str):
+  """A tiny StableDiffusionPipeline of `family`'s shape with random weights (the notebook's
+  test converts one too)."""
   shape = SHAPES[family]
   torch.manual_seed(0)
   unet = diffusers.UNet2DConditionModel(
@@ -146,7 +148,7 @@ def _without_paths(config) -> dict:
 @pytest.mark.parity
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
-  pipe = _diffusers_pipeline(family, clip_dir)
+  pipe = diffusers_pipeline(family, clip_dir)
   folder, single = str(tmp_path / "diffusers"), str(tmp_path / "sd.safetensors")
   pipe.save_pretrained(folder, safe_serialization=True)
   _single_file(family, pipe, single)
@@ -199,7 +201,7 @@ def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
 
 
 def test_pipeline_conversion_errors(clip_dir, tmp_path):
-  pipe = _diffusers_pipeline("sd1", clip_dir)
+  pipe = diffusers_pipeline("sd1", clip_dir)
   single = str(tmp_path / "sd.safetensors")
   _single_file("sd1", pipe, single)
   with pytest.raises(ValueError, match="holds no tokenizer: pass tokenizer=DIR, CLIP"):

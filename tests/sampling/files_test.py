@@ -70,13 +70,21 @@ def test_inpainting_from_png_files(tiny_run, tmp_path):
   assert not (tmp_path / "out2").exists()
 
 
-def test_colab_notebook_runs_headless(tiny_run):
+def test_colab_notebook_runs_headless(tiny_run, tmp_path):
+  """Both sections: a training run's samples, and a tiny Stable-Diffusion-shaped diffusers
+  pipeline (random weights) converted by the CLI and sampled from prompts."""
   nbclient = references.require("nbclient")
   nbformat = references.require("nbformat")
+  from tests.convert import pipeline_test  # pylint: disable=import-outside-toplevel
+  clip_dir = references.write_clip_vocab(tmp_path)
+  pipeline_test.diffusers_pipeline("sd1", clip_dir).save_pretrained(
+      str(tmp_path / "sd"), safe_serialization=True)
   notebook = nbformat.read(os.path.join(ROOT, "notebooks", "sample_colab.ipynb"),
                            as_version=4)
   env = {"LDM_JAX_CHECKPOINT": tiny_run("digits_ldm:tiny"), "LDM_JAX_NUM_SAMPLES": "10",
-         "LDM_JAX_STEPS": "2"}
+         "LDM_JAX_STEPS": "2", "LDM_JAX_TEXT_TO_IMAGE": str(tmp_path / "converted"),
+         "LDM_JAX_CONVERT_PIPELINE_FROM": str(tmp_path / "sd"), "LDM_JAX_HEIGHT": "32",
+         "LDM_JAX_WIDTH": "48", "LDM_JAX_T2I_STEPS": "2"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # The kernel inherits them.
   try:
@@ -93,3 +101,5 @@ def test_colab_notebook_runs_headless(tiny_run):
   assert any("image/png" in o.get("data", {}) for o in outputs)  # The grid, shown inline.
   text = "".join(o.get("text", "") for o in outputs)
   assert "conditioning 'class', 10 classes" in text and "(10, 16, 16, 1)" in text
+  assert "'frozen_text', eps-prediction" in text and "(2, 32, 48, 3) dpm_solver++" in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
