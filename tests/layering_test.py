@@ -12,9 +12,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "ldm_jax"
 
 # Lowest first. Packages of one layer do not import each other.
 LAYERS = (
-    ("nn", "parallel", "visualize"),
+    ("nn", "parallel", "visualize", "recipes"),
     ("models", "data"),
-    ("diffusion", "convert"),
+    ("diffusion",),
+    ("convert",),  # A pipeline's conversion checks its schedule against ours.
     ("metrics",),  # LPIPS reads torch weight files through convert.
     ("ldm",),
     ("sampling",),

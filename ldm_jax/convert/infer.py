@@ -12,9 +12,9 @@ import re
 
 import ml_collections
 
-from configs import architectures
 from ldm_jax.convert import compvis
 from ldm_jax.convert import text_encoders
+from ldm_jax.recipes import architectures
 
 FAMILIES = ("sd1", "sd2", "ldm_txt2img")
 # The family of each text-encoder layout, in single files.

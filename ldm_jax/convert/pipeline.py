@@ -11,9 +11,9 @@ never assumed, and each part is imported strictly (convert/load.py).
 
 What is written: network/, autoencoder/, conditioner/ (Orbax), tokenizer/ (the tokenizer
 files, copied: single files hold none, so `tokenizer` must name them), and config.json, the
-family's config (configs/stable_diffusion.py, configs/ldm_txt2img.py) with the architectures
-found, the schedule, the prediction type (single files do not say it: SD 2.x 768-v models
-need prediction='v'), the latent scale factor and Stable Diffusion's scheduler settings.
+family's recipe (ldm_jax/recipes/stable_diffusion.py) with the architectures found, the
+schedule, the prediction type (single files do not say it: SD 2.x 768-v models need
+prediction='v'), the latent scale factor and Stable Diffusion's scheduler settings.
 """
 
 import json
@@ -24,33 +24,26 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from configs import ldm_txt2img
-from configs import stable_diffusion
 from ldm_jax.convert import export
 from ldm_jax.convert import files
 from ldm_jax.convert import infer
 from ldm_jax.convert import load
 from ldm_jax.diffusion import schedules
 from ldm_jax.models import tokenizer as tokenizer_lib
+from ldm_jax.recipes import stable_diffusion
 
 PREDICTIONS = ("eps", "v")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "vocab.txt")
+_RECIPE = {"sd1": "v1", "sd2": "v2", "ldm_txt2img": "ldm_txt2img"}
 # The beta schedule every supported family was trained with (diffusers' 'scaled_linear').
 _SD_BETAS = ("scaled_linear", 0.00085, 0.012, 1000)
 
 
 def _family_config(fam: str) -> ml_collections.ConfigDict:
-  if fam == "ldm_txt2img":
-    config = ldm_txt2img.get_config()
-    # The released model samples with classifier-free guidance from the empty caption.
-    config.conditioning.dropout = 0.1
-    config.sampling.update(sampler="ddim", steps=50, guidance_scale=5.0)
-  else:
-    config = stable_diffusion.get_config("model=v1" if fam == "sd1" else "model=v2")
-  config.sampling.update(steps_offset=1, set_alpha_to_one=False)
+  """The family's recipe (ldm_jax/recipes/stable_diffusion.py), weights from the export."""
+  config = stable_diffusion.get_config(f"model={_RECIPE[fam]}")
   config.first_stage.update(source="export", scale_factor=stable_diffusion.SCALE_FACTOR)
-  config.diffusion.schedule = "stable_diffusion"
   return config
 
 

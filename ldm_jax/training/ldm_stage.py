@@ -54,11 +54,12 @@ class LdmStage:
                                                        num_steps=config.num_steps,
                                                        params=self.model.param_shapes())}
     self._grid_fn = None
-    # Arguments of a new run's `init_state` (jit arguments, not constants): the network a
-    # fine-tuning run starts from (config.init_from, a converted directory).
+    # Arguments of a new run's `init_state` (jit arguments, not constants): the network (and
+    # trained conditioner) a fine-tuning run starts from (config.init_from, a converted
+    # directory).
     self.init_inputs = {}
     if config.get("init_from"):
-      self.init_inputs["network"] = self._pretrained_network(config.init_from)
+      self.init_inputs["pretrained"] = self._pretrained(config.init_from)
 
   # --- host side ---------------------------------------------------------------------------
   def prepare(self, batch: dict, mesh, extra=()) -> dict:
@@ -72,22 +73,29 @@ class LdmStage:
     return fields_lib.select(batch, self.batch_keys + tuple(extra))
 
   # --- state -------------------------------------------------------------------------------
-  def init_state(self, rng, network=None) -> TrainState:
-    """A new run's state; `network`: parameters it starts from (`init_inputs`)."""
+  def init_state(self, rng, pretrained=None) -> TrainState:
+    """A new run's state; `pretrained`: {part: parameters} it starts from (`init_inputs`)."""
     params = {"model": self.model.init_params(rng)}
-    if network is not None:
-      params["model"]["network"] = jax.tree.map(lambda new, fresh: new.astype(fresh.dtype),
-                                                network, params["model"]["network"])
+    for part, loaded in (pretrained or {}).items():
+      params["model"][part] = jax.tree.map(lambda new, fresh: new.astype(fresh.dtype),
+                                           loaded, params["model"][part])
     return TrainState.create(params=params, optimizers=self.optimizers, rng=rng,
                              ema=bool(self.ema and self.ema.decay))
 
-  def _pretrained_network(self, directory: str):
+  def _pretrained(self, directory: str) -> dict:
+    """{'network', and 'conditioner' where one trains}: parameters from `directory`."""
     from ldm_jax.convert import export  # pylint: disable=import-outside-toplevel
     from ldm_jax.ldm import first_stage  # pylint: disable=import-outside-toplevel
-    loaded = export.read(os.path.expanduser(directory), "network")
-    expected = self.model.param_shapes()["network"]
-    first_stage.check_shapes(expected, loaded, directory, "network")
-    return jax.tree.map(np.asarray, loaded)
+    directory = os.path.expanduser(directory)
+    expected = self.model.param_shapes()
+    parts = {}
+    for part in ("network", "conditioner"):
+      if part not in expected:
+        continue
+      loaded = export.read(directory, part)
+      first_stage.check_shapes(expected[part], loaded, directory, part)
+      parts[part] = jax.tree.map(np.asarray, loaded)
+    return parts
 
   def sampling_params(self, state: TrainState):
     """EMA parameters when the run keeps them, else the trained ones."""

@@ -200,10 +200,41 @@ def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
   assert moved > 8
 
 
-def test_pipeline_conversion_errors(clip_dir, tmp_path):
-  pipe = diffusers_pipeline("sd1", clip_dir)
-  single = str(tmp_path / "sd.safetensors")
-  _single_file("sd1", pipe, single)
+@pytest.fixture(scope="module")
+def converted_sd1(clip_dir, tmp_path_factory):
+  """(a tiny SD-1-shaped single file, its conversion)."""
+  folder = tmp_path_factory.mktemp("sd1")
+  single = str(folder / "sd.safetensors")
+  _single_file("sd1", diffusers_pipeline("sd1", clip_dir), single)
+  pipeline.convert(single, str(folder / "converted"), tokenizer=clip_dir)
+  return single, str(folder / "converted")
+
+
+def test_fine_tuning_recipe_starts_from_the_converted_pipeline(converted_sd1):
+  """configs/stable_diffusion.py:pipeline=DIR takes the pipeline's architectures, VAE,
+  tokenizer and frozen text encoder, and its UNet is where the run starts (EMA too)."""
+  from ldm_jax.recipes import stable_diffusion  # pylint: disable=import-outside-toplevel
+  from ldm_jax.training import stages  # pylint: disable=import-outside-toplevel
+  _, converted = converted_sd1
+  config = stable_diffusion.get_config(f"pipeline={converted}")
+  assert config.network.model_channels == 32 and config.conditioner.width == TEXT_WIDTH
+  assert config.init_from == config.first_stage.path == config.conditioning.text_encoder
+  stage = stages.create(config)
+  state = jax.jit(stage.init_state)(jax.random.key(0), **stage.init_inputs)
+  expected = _flat(converted, "network")
+  for tree in (state.params, state.ema_params):
+    got = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+           jax.tree_util.tree_flatten_with_path(tree["model"]["network"])[0]}
+    assert got.keys() == expected.keys()
+    for key in got:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  assert "conditioner" not in state.params["model"]  # Frozen: held by the mode.
+  with pytest.raises(ValueError, match="pass model=ldm_txt2img for LDM txt2img"):
+    stable_diffusion.get_config(f"model=ldm_txt2img,pipeline={converted}")
+
+
+def test_pipeline_conversion_errors(clip_dir, converted_sd1, tmp_path):
+  single, converted = converted_sd1
   with pytest.raises(ValueError, match="holds no tokenizer: pass tokenizer=DIR, CLIP"):
     pipeline.convert(single, str(tmp_path / "a"))
   vocab_txt = tmp_path / "vocab.txt"
@@ -237,12 +268,11 @@ def test_pipeline_conversion_errors(clip_dir, tmp_path):
   with pytest.raises(ValueError, match="differ from Stable Diffusion's schedule"):
     pipeline.convert(str(tmp_path / "shifted.safetensors"), str(tmp_path / "g"),
                      tokenizer=clip_dir)
-  out = tmp_path / "done"
-  pipeline.convert(single, str(out), tokenizer=clip_dir)
-  assert sorted(os.listdir(out / "tokenizer")) == ["merges.txt", "vocab.json"]
+  assert sorted(os.listdir(os.path.join(converted, "tokenizer"))) == ["merges.txt",
+                                                                      "vocab.json"]
   with pytest.raises(FileExistsError, match="never written over"):
-    pipeline.convert(single, str(out), tokenizer=clip_dir)
-  model = sampling.load(checkpoint=str(out))
+    pipeline.convert(single, converted, tokenizer=clip_dir)
+  model = sampling.load(checkpoint=converted)
   assert model.config.data.image_size == 512 and model.config.sampling.guidance_scale == 7.5
   with pytest.raises(ValueError, match="height: the output would be 34 px, which must be a "
                      "multiple of 4"):
