@@ -61,8 +61,11 @@ def test_autoencoder_stage_configs_build(name, variant):
 @pytest.mark.parametrize("spec", ["ldm_celebahq256.py", "ldm_cin256.py", "ldm_cin256.py:f=1",
                                   "ldm_cin256.py:f=8", "ldm_cin256.py:f=32",
                                   "ldm_txt2img.py", "ldm_sr.py", "ldm_inpainting.py",
-                                  "ldm_semantic.py", "ldm_paired.py:dataset=pairs"])
-def test_ldm_stage_configs_build(spec):
+                                  "ldm_semantic.py", "ldm_paired.py:dataset=pairs",
+                                  "stable_diffusion.py:model=v1",
+                                  "stable_diffusion.py:model=v2_768",
+                                  "stable_diffusion.py:model=ldm_txt2img"])
+def test_ldm_stage_configs_build(spec, tmp_path):
   """The full-size LDM configs' blocks agree (latent and concatenated channels, context
   widths, classes): the stage builds on a random first stage and its state traces."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -70,6 +73,10 @@ def test_ldm_stage_configs_build(spec):
   argv = [f"--config=configs/{spec}"]
   if not spec.endswith("f=1"):
     argv.append("--config.first_stage.source=random")
+  if spec.startswith("stable_diffusion") and not spec.endswith("ldm_txt2img"):
+    from tests import references  # pylint: disable=import-outside-toplevel
+    argv += ["--config.conditioning.text_encoder=random",  # Frozen CLIP, random here.
+             f"--config.conditioning.tokenizer={references.write_clip_vocab(tmp_path)}"]
   config = _load(argv)
   # Traced as a whole, the random first stage included: nothing is compiled or allocated.
   state = jax.eval_shape(lambda key: stages.create(config).init_state(key),

@@ -35,8 +35,8 @@ def load_encoder(config, module):
   if source == "random":
     logging.warning("conditioning.text_encoder='random': the frozen text encoder is "
                     "UNTRAINED. Use this for smoke tests only.")
-    params = jax.jit(lambda key: module.init(key, *inputs)["params"])(jax.random.key(0))
-    return jax.tree.map(np.asarray, params)
+    # JAX arrays: under jax.eval_shape the whole model builds without a compile.
+    return jax.jit(lambda key: module.init(key, *inputs)["params"])(jax.random.key(0))
   if not source:
     raise ValueError("conditioning.type='frozen_text' needs conditioning.text_encoder: a "
                      "directory from `python -m ldm_jax.convert` (with conditioner/ "
@@ -63,6 +63,11 @@ class FrozenText(text.Text):
                        f"{None if block is None else block.get('type')!r}).")
     self.module = factory.build_conditioner(block)
     self.context_width = block.width
+    if block.type == "clip" and not self.block.get("tokenizer") and \
+        self.block.get("text_encoder") != "random":
+      raise ValueError("conditioning.tokenizer is unset: a CLIP text encoder reads CLIP's BPE "
+                       "ids; give its tokenizer files (a converted pipeline's tokenizer/, or "
+                       "vocab.json + merges.txt).")
     self._setup_tokenizer(config, "clip" if block.type == "clip" else None)
     self.frozen_params = load_encoder(config, self.module)
     self.cached = bool(config.data.get("latent_key"))
