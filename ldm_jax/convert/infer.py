@@ -31,6 +31,11 @@ def _shape(state, key: str, source: str) -> tuple[int, ...]:
   return tuple(state[key].shape)
 
 
+def _indices(state, prefix: str, pattern: str) -> set[int]:
+  """The numbers the regex `pattern` (one group) finds after `prefix` in the keys."""
+  return {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + pattern, k))}
+
+
 def family(state, source: str) -> str:
   """The family of a single file, from its text encoder's layout; an error says what the
   file holds when it is none of them."""
@@ -49,8 +54,7 @@ def unet_block(state, fam: str, source: str) -> ml_collections.ConfigDict:
   """Our UNet block of a CompVis UNet (`model.diffusion_model.*`)."""
   p = compvis.UNET_PREFIX
   conv_in = _shape(state, f"{p}input_blocks.0.0.weight", source)
-  blocks = {int(m[1]) for k in state if (m := re.match(rf"{re.escape(p)}input_blocks\.(\d+)\.",
-                                                          k))}
+  blocks = _indices(state, p, r"input_blocks\.(\d+)\.")
   downs = sorted(i for i in blocks if f"{p}input_blocks.{i}.0.op.weight" in state)
   per_level = downs[0] if downs else max(blocks)  # Blocks per level, downsampler included.
   num_res_blocks = per_level - 1 if downs else max(blocks)
@@ -63,9 +67,10 @@ def unet_block(state, fam: str, source: str) -> ml_collections.ConfigDict:
     attention.append(any(k.startswith(f"{p}input_blocks.{first}.1.") for k in state))
   context = [v.shape[1] for k, v in state.items() if k.startswith(p) and
              k.endswith("attn2.to_k.weight")]
-  depth = len({m[1] for k in state if (m := re.match(
-      rf"{re.escape(p)}input_blocks\.{1 + attention.index(True) * per_level}\.1\."
-      rf"transformer_blocks\.(\d+)\.", k))}) if True in attention else 1
+  depth = 1
+  if True in attention:  # Transformer blocks in the first attention level's block.
+    first = 1 + attention.index(True) * per_level
+    depth = len(_indices(state, p, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\."))
   proj = [v for k, v in state.items() if k.startswith(p) and k.endswith("proj_in.weight")]
   return _unet(
       in_channels=conv_in[1], out_channels=_shape(state, f"{p}out.2.weight", source)[0],
@@ -85,12 +90,10 @@ def autoencoder_block(state, source: str, prefix: str = compvis.AUTOENCODER_PREF
                       ) -> ml_collections.ConfigDict:
   """Our KL autoencoder block of a CompVis AutoencoderKL (`first_stage_model.*`)."""
   conv_in = _shape(state, f"{prefix}encoder.conv_in.weight", source)
-  levels = 1 + max(int(m[1]) for k in state if (m := re.match(
-      rf"{re.escape(prefix)}encoder\.down\.(\d+)\.", k)))
+  levels = 1 + max(_indices(state, prefix, r"encoder\.down\.(\d+)\."))
   mult = [_shape(state, f"{prefix}encoder.down.{l}.block.0.conv2.weight", source)[0]
           // conv_in[0] for l in range(levels)]
-  blocks = {int(m[1]) for k in state if (m := re.match(
-      rf"{re.escape(prefix)}encoder\.down\.0\.block\.(\d+)\.", k))}
+  blocks = _indices(state, prefix, r"encoder\.down\.0\.block\.(\d+)\.")
   attends = [l for l in range(levels) if f"{prefix}encoder.down.{l}.attn.0.q.weight" in state]
   block = architectures.sd_kl_f8()
   block.update(ch=conv_in[0], ch_mult=tuple(mult), num_res_blocks=len(blocks),
@@ -102,38 +105,39 @@ def autoencoder_block(state, source: str, prefix: str = compvis.AUTOENCODER_PREF
   return block
 
 
+# Per CLIP layout in single files: (prefix, token table, positions, block index pattern,
+# first block's MLP input weight).
+_CLIP_NAMES = {
+    "sd1": ("cond_stage_model.transformer.", "embeddings.token_embedding.weight",
+            "embeddings.position_embedding.weight", r"encoder\.layers\.(\d+)\.",
+            "encoder.layers.0.mlp.fc1.weight"),
+    "sd2": ("cond_stage_model.model.", "token_embedding.weight", "positional_embedding",
+            r"transformer\.resblocks\.(\d+)\.", "transformer.resblocks.0.mlp.c_fc.weight"),
+}
+
+
 def text_encoder_block(state, fam: str, source: str) -> ml_collections.ConfigDict:
   """Our conditioner block of the file's text encoder (`cond_stage_model.*`)."""
   if fam == "ldm_txt2img":
     p = "cond_stage_model.transformer."
     vocab, width = _shape(state, f"{p}token_emb.weight", source)
-    layers = {int(m[1]) for k in state if (m := re.match(
-        rf"{re.escape(p)}attn_layers\.layers\.(\d+)\.", k))}
     inner = _shape(state, f"{p}attn_layers.layers.0.1.to_q.weight", source)[0]
     block = architectures.ldm_bert()
-    block.update(vocab_size=vocab, width=width, depth=len(layers) // 2, heads=inner // 64,
-                 head_dim=64, max_length=_shape(state, f"{p}pos_emb.emb.weight", source)[0])
+    block.update(vocab_size=vocab, width=width, heads=inner // 64, head_dim=64,
+                 depth=len(_indices(state, p, r"attn_layers\.layers\.(\d+)\.")) // 2,
+                 max_length=_shape(state, f"{p}pos_emb.emb.weight", source)[0])
     return block
-  if fam == "sd2":
-    p = "cond_stage_model.model."
-    vocab, width = _shape(state, f"{p}token_embedding.weight", source)
-    max_length = _shape(state, f"{p}positional_embedding", source)[0]
-    layers = {int(m[1]) for k in state if (m := re.match(
-        rf"{re.escape(p)}transformer\.resblocks\.(\d+)\.", k))}
-    mlp = _shape(state, f"{p}transformer.resblocks.0.mlp.c_fc.weight", source)[0]
-    block = architectures.sd_v2_text_encoder()
-  else:
-    p = "cond_stage_model.transformer."
-    p += "text_model." if f"{p}text_model.embeddings.token_embedding.weight" in state else ""
-    vocab, width = _shape(state, f"{p}embeddings.token_embedding.weight", source)
-    max_length = _shape(state, f"{p}embeddings.position_embedding.weight", source)[0]
-    layers = {int(m[1]) for k in state if (m := re.match(
-        rf"{re.escape(p)}encoder\.layers\.(\d+)\.", k))}
-    mlp = _shape(state, f"{p}encoder.layers.0.mlp.fc1.weight", source)[0]
-    block = architectures.sd_v1_text_encoder()
+  p, tokens, positions, blocks, mlp = _CLIP_NAMES[fam]
+  if fam == "sd1" and f"{p}text_model.{tokens}" in state:
+    p += "text_model."
+  vocab, width = _shape(state, p + tokens, source)
+  block = architectures.sd_v1_text_encoder() if fam == "sd1" else \
+      architectures.sd_v2_text_encoder()
   # CLIP's text towers have 64 channels per head (ViT-L/14: 12, ViT-H/14: 16).
-  block.update(vocab_size=vocab, max_length=max_length, width=width, depth=len(layers),
-               heads=max(width // 64, 1), mlp_width=mlp)
+  block.update(vocab_size=vocab, width=width, heads=max(width // 64, 1),
+               max_length=_shape(state, p + positions, source)[0],
+               depth=len(_indices(state, p, blocks)), mlp_width=_shape(state, p + mlp,
+                                                                       source)[0])
   return block
 
 

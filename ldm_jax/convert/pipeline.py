@@ -168,9 +168,9 @@ def convert(source: str, out: str, *, tokenizer: str | None = None,
   else:
     parts, config, fam = _from_single_file(source, use_ema=use_ema)
     if not tokenizer:
-      raise ValueError(
-          f"{source} holds no tokenizer: pass tokenizer=DIR, "
-          f"{'BERT-base-uncased vocab.txt' if fam == 'ldm_txt2img' else 'CLIP vocab.json + merges.txt (e.g. a diffusers pipeline tokenizer/ folder)'}.")
+      wanted = ("bert-base-uncased's vocab.txt" if fam == "ldm_txt2img" else
+                "CLIP's vocab.json + merges.txt (e.g. a diffusers pipeline's tokenizer/)")
+      raise ValueError(f"{source} holds no tokenizer: pass tokenizer=DIR, {wanted}.")
   if prediction is not None:
     config.diffusion.prediction = prediction
   if fam == "sd2" and config.diffusion.prediction == "v":

@@ -235,7 +235,7 @@ def test_fine_tuning_recipe_starts_from_the_converted_pipeline(converted_sd1):
 
 def test_pipeline_conversion_errors(clip_dir, converted_sd1, tmp_path):
   single, converted = converted_sd1
-  with pytest.raises(ValueError, match="holds no tokenizer: pass tokenizer=DIR, CLIP"):
+  with pytest.raises(ValueError, match="holds no tokenizer: pass tokenizer=DIR, CLIP's"):
     pipeline.convert(single, str(tmp_path / "a"))
   vocab_txt = tmp_path / "vocab.txt"
   vocab_txt.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n")
@@ -321,7 +321,8 @@ def test_ldm_txt2img_single_file_converts_with_its_bert_encoder(tmp_path):
   model = sampling.load(checkpoint=out, devices=jax.devices()[:1])
   tokens = model.cond.tokenize(["a photo of red cars"])
   assert tokens[0, :8].tolist() == [2, 5, 8, 9, 6, 7, 10, 3]  # [CLS] .. car ##s [SEP].
-  ours = model.cond.module.apply({"params": model._params["conditioner"]}, tokens)  # pylint: disable=protected-access
+  params = model._params["conditioner"]  # pylint: disable=protected-access
+  ours = model.cond.module.apply({"params": params}, tokens)
   with torch.no_grad():
     theirs = bert(torch.from_numpy(tokens.astype(np.int64)), return_embeddings=True).numpy()
   assert ref.relative_error(ours, theirs) <= 1e-5
