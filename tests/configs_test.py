@@ -62,7 +62,6 @@ def test_autoencoder_stage_configs_build(name, variant):
                                   "ldm_cin256.py:f=8", "ldm_cin256.py:f=32",
                                   "ldm_txt2img.py", "ldm_sr.py", "ldm_inpainting.py",
                                   "ldm_semantic.py", "ldm_paired.py:dataset=pairs",
-                                  "stable_diffusion.py:model=v1",
                                   "stable_diffusion.py:model=v2_768",
                                   "stable_diffusion.py:model=ldm_txt2img"])
 def test_ldm_stage_configs_build(spec, tmp_path):

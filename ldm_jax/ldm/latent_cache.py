@@ -75,7 +75,7 @@ def _encode_split(fs, params, data, builder, split: str, batch_size: int, flips:
     moments = np.asarray(moments_fn(params, images))
     flipped = np.asarray(moments_fn(params, images[:, :, ::-1])) if flips else None
     contexts = None if text is None else np.asarray(context_fn(
-        text.frozen_params, text.tokenize(batch["caption"])))
+        text.frozen_params, text.tokenize(batch["caption"], training=True)))
     for i in np.flatnonzero(keep):
       example = {"moments": moments[i], "source_id": batch["id"][i]}
       if contexts is not None:

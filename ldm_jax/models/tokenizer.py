@@ -41,7 +41,9 @@ class ByteTokenizer:
   pad_id, bos_id, eos_id, offset = 0, 1, 2, 3
   vocab_size = 256 + offset
 
-  def __call__(self, texts: Sequence[str | bytes], max_length: int) -> np.ndarray:
+  def __call__(self, texts: Sequence[str | bytes], max_length: int, *,
+               warn_every_seconds: float | None = None) -> np.ndarray:
+    del warn_every_seconds  # Bytes past max_length are cut silently, as before.
     if max_length < 2:
       raise ValueError(f"max_length={max_length}: need room for BOS and EOS.")
     ids = np.full((len(texts), max_length), self.pad_id, np.int32)
@@ -71,7 +73,10 @@ class FileTokenizer:
     self.pad_id = pad_id
     tokenizer.no_padding()
 
-  def __call__(self, texts: Sequence[str | bytes], max_length: int) -> np.ndarray:
+  def __call__(self, texts: Sequence[str | bytes], max_length: int, *,
+               warn_every_seconds: float | None = None) -> np.ndarray:
+    """Ids [len(texts), max_length]; truncation is warned about at every call, or at most
+    once per `warn_every_seconds` (training batches)."""
     specials = self.tokenizer.num_special_tokens_to_add(False)
     if max_length <= specials:
       raise ValueError(f"max_length={max_length}: need room for the {specials} special tokens "
@@ -85,9 +90,13 @@ class FileTokenizer:
       cut = sum(len(o.ids) - sum(o.special_tokens_mask) for o in encoding.overflowing)
       cut_rows, cut_tokens = cut_rows + bool(cut), cut_tokens + cut
     if cut_rows:
-      logging.warning("%d of %d prompts are over the %d content tokens that max_length=%d "
-                      "holds: %d tokens at their ends were dropped.", cut_rows, len(texts),
-                      max_length - specials, max_length, cut_tokens)
+      args = ("%d of %d prompts are over the %d content tokens that max_length=%d holds: %d "
+              "tokens at their ends were dropped.", cut_rows, len(texts), max_length - specials,
+              max_length, cut_tokens)
+      if warn_every_seconds:
+        logging.log_every_n_seconds(logging.WARNING, args[0], warn_every_seconds, *args[1:])
+      else:
+        logging.warning(*args)
     return ids
 
   def decode(self, ids: Sequence[int]) -> str:

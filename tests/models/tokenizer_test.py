@@ -188,6 +188,13 @@ def test_clip_truncation_warns_once_per_call(clip_dir):
                      "holds: 6 tokens at their ends were dropped.")
   with pytest.raises(ValueError, match="max_length=2: need room for the 2 special tokens"):
     tok(["a"], 2)
+  # Training batches: at most one warning per period (absl counts per call site).
+  with mock.patch.object(tokenizer_lib.logging, "warning") as warning, \
+      mock.patch.object(tokenizer_lib.logging, "log_every_n_seconds") as throttled:
+    for _ in range(3):
+      tok([" ".join(["a"] * 80)], 77, warn_every_seconds=600)
+  warning.assert_not_called()
+  assert throttled.call_count == 3 and throttled.call_args.args[2] == 600
 
 
 def test_clip_tokenizer_json_round_trip(clip_dir, sd2_dir, hf_clip, tmp_path):

@@ -29,7 +29,8 @@ ENCODER_TYPES = ("clip", "text")
 
 
 def load_encoder(config, module):
-  """The frozen encoder's parameters (numpy float32) from conditioning.text_encoder."""
+  """The frozen encoder's parameters from conditioning.text_encoder: numpy float32 read
+  from a converted directory, or a random initialisation ('random')."""
   source = config.conditioning.get("text_encoder")
   inputs = factory.conditioner_example_inputs(config.conditioner)
   if source == "random":

@@ -43,8 +43,11 @@ class Text(base.Mode):
                        f"({self.block.get('tokenizer') or 'bytes'}).")
     self.null_tokens = self.tokenizer([""], self.max_length)[0]
 
-  def tokenize(self, captions) -> np.ndarray:
-    return self.tokenizer(list(captions), self.max_length)
+  def tokenize(self, captions, *, training: bool = False) -> np.ndarray:
+    """Ids [len(captions), max_length]; truncated prompts are warned about at every call,
+    training batches' at most every 10 minutes."""
+    return self.tokenizer(list(captions), self.max_length,
+                          warn_every_seconds=600 if training else None)
 
   @property
   def batch_keys(self):
@@ -53,7 +56,7 @@ class Text(base.Mode):
   def host_fields(self, batch):
     if "caption" not in batch:
       raise KeyError(f"conditioning.type={self.NAME!r} needs captions: set data.caption_key.")
-    return {"tokens": self.tokenize(np.asarray(batch["caption"]))}
+    return {"tokens": self.tokenize(np.asarray(batch["caption"]), training=True)}
 
   def fields(self, batch, key):
     del key
