@@ -55,6 +55,9 @@ def main(argv):
                          "folder.")
   source, config = argv[1], _CONFIG.value
   if config is None:
+    if _SUBFOLDER.value:
+      raise app.UsageError("--subfolder converts one part and needs --config; without it the "
+                           "whole pipeline is converted.")
     try:
       config = pipeline.convert(source, _OUT.value, tokenizer=_TOKENIZER.value,
                                 prediction=_PREDICTION.value, use_ema=_USE_EMA.value)

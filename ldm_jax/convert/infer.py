@@ -10,6 +10,7 @@ txt2img use 8 heads everywhere, SD 2.x 64 channels per head. The families:
 
 import re
 
+from absl import logging
 import ml_collections
 
 from ldm_jax.convert import compvis
@@ -19,6 +20,8 @@ from ldm_jax.recipes import architectures
 FAMILIES = ("sd1", "sd2", "ldm_txt2img")
 # The family of each text-encoder layout, in single files.
 FAMILY_OF_LAYOUT = {"hf": "sd1", "open_clip": "sd2", "ldm_bert": "ldm_txt2img"}
+# OpenCLIP ViT-H/14's text tower (SD 2.x).
+VIT_H_WIDTH, VIT_H_DEPTH = 1024, 24
 HEADS = {"sd1": dict(num_heads=8, num_head_channels=-1),
          "ldm_txt2img": dict(num_heads=8, num_head_channels=-1),
          "sd2": dict(num_heads=-1, num_head_channels=64)}
@@ -100,7 +103,8 @@ def autoencoder_block(state, source: str, prefix: str = compvis.AUTOENCODER_PREF
                in_channels=conv_in[1],
                out_ch=_shape(state, f"{prefix}decoder.conv_out.weight", source)[0],
                z_channels=_shape(state, f"{prefix}decoder.conv_in.weight", source)[1],
-               embed_dim=_shape(state, f"{prefix}post_quant_conv.weight", source)[0],
+               # post_quant_conv maps embed_dim -> z_channels: (out, in, 1, 1).
+               embed_dim=_shape(state, f"{prefix}post_quant_conv.weight", source)[1],
                attn_resolutions=tuple(block.resolution // 2**l for l in attends))
   return block
 
@@ -131,13 +135,23 @@ def text_encoder_block(state, fam: str, source: str) -> ml_collections.ConfigDic
   if fam == "sd1" and f"{p}text_model.{tokens}" in state:
     p += "text_model."
   vocab, width = _shape(state, p + tokens, source)
+  if fam == "sd1" and width == VIT_H_WIDTH:
+    raise ValueError(f"{source}: a {width}-wide text encoder (OpenCLIP ViT-H/14's, SD 2.x) "
+                     f"in transformers' names, where SD 2.x files use OpenCLIP's: convert the "
+                     f"model's diffusers folder instead.")
+  depth = len(_indices(state, p, blocks))
+  if fam == "sd2" and width == VIT_H_WIDTH and depth == VIT_H_DEPTH - 1:
+    # Files re-saved from diffusers hold 23 blocks: the last one, which SD 2 never runs,
+    # is dropped. The tower is still ViT-H/14's 24 with the penultimate as the context.
+    logging.info("%s: 23 of OpenCLIP ViT-H/14's 24 text blocks (the unused last one is "
+                 "not in the file).", source)
+    depth = VIT_H_DEPTH
   block = architectures.sd_v1_text_encoder() if fam == "sd1" else \
       architectures.sd_v2_text_encoder()
   # CLIP's text towers have 64 channels per head (ViT-L/14: 12, ViT-H/14: 16).
   block.update(vocab_size=vocab, width=width, heads=max(width // 64, 1),
-               max_length=_shape(state, p + positions, source)[0],
-               depth=len(_indices(state, p, blocks)), mlp_width=_shape(state, p + mlp,
-                                                                       source)[0])
+               max_length=_shape(state, p + positions, source)[0], depth=depth,
+               mlp_width=_shape(state, p + mlp, source)[0])
   return block
 
 

@@ -47,11 +47,18 @@ def _family_config(fam: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _check_context(config, source: str) -> None:
+def _check_parts(config, source: str) -> None:
+  """The parts belong together, as a text-to-image pipeline."""
   width, context = config.conditioner.width, config.network.context_dim
   if width != context:
     raise ValueError(f"{source}: the text encoder's width is {width} but the UNet attends "
                      f"to a context of {context}: the parts do not belong together.")
+  latent, net = config.autoencoder.embed_dim, config.network
+  if net.in_channels != latent or net.out_channels != latent:
+    raise ValueError(f"{source}: the UNet takes {net.in_channels} and gives "
+                     f"{net.out_channels} channels, the autoencoder's latents have {latent}: "
+                     f"an inpainting, depth or upscaling UNet, not a text-to-image pipeline "
+                     f"this converter knows.")
 
 
 def _check_stored_schedule(state, source: str) -> None:
@@ -61,7 +68,9 @@ def _check_stored_schedule(state, source: str) -> None:
     return
   ours = np.asarray(schedules.stable_diffusion(len(stored)).alphas_cumprod, np.float64)
   error = float(np.abs(np.asarray(stored, np.float64) - ours).max())
-  if len(stored) != 1000 or error > 1e-5:
+  # Half-precision files store it rounded: near 1, fp16 steps by 4.9e-4, bf16 by 3.9e-3.
+  bound = 1e-5 if np.dtype(stored.dtype).itemsize >= 4 else 4e-3
+  if len(stored) != 1000 or error > bound:
     raise ValueError(f"{source}: its alphas_cumprod ({len(stored)} steps) differ from Stable "
                      f"Diffusion's schedule by up to {error:.3g}: not a schedule this "
                      f"converter knows.")
@@ -71,14 +80,16 @@ def _tokenizer_kind(config) -> str:
   return "clip" if config.conditioner.type == "clip" else "wordpiece"
 
 
-def _copy_tokenizer(path: str, out: str) -> None:
-  """Copies the tokenizer files of `path` (a folder or one file) into `out`."""
-  os.makedirs(out)
-  names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(path, n))] if \
-      os.path.isdir(path) else [os.path.basename(path)]
-  for name in names:
-    shutil.copy2(os.path.join(path, name) if os.path.isdir(path) else path,
-                 os.path.join(out, name))
+def _tokenizer_files(path: str) -> list[str]:
+  """The files to copy of a tokenizer `path`: a folder's tokenizer files, or the one file
+  (vocab.json and merges.txt stand for their folder, as for load_tokenizer)."""
+  path = os.path.expanduser(path)
+  if os.path.basename(path) in ("vocab.json", "merges.txt"):
+    path = os.path.dirname(path) or "."
+  if os.path.isfile(path):
+    return [path]
+  return [os.path.join(path, n) for n in TOKENIZER_FILES
+          if os.path.isfile(os.path.join(path, n))]
 
 
 def _from_single_file(source: str, *, use_ema: bool):
@@ -88,7 +99,7 @@ def _from_single_file(source: str, *, use_ema: bool):
   config.network = infer.unet_block(state, fam, source)
   config.autoencoder = infer.autoencoder_block(state, source)
   config.conditioner = infer.text_encoder_block(state, fam, source)
-  _check_context(config, source)
+  _check_parts(config, source)
   _check_stored_schedule(state, source)
   if state.get("scale_factor") is not None:
     config.first_stage.scale_factor = float(np.asarray(state["scale_factor"]).reshape(()))
@@ -110,7 +121,7 @@ def _read_json(path: str) -> dict:
 def _scheduler_settings(folder: str, config) -> None:
   scheduler = _read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
   betas = (scheduler.get("beta_schedule"), scheduler.get("beta_start"),
-           scheduler.get("beta_end"), scheduler.get("num_train_timesteps"))
+           scheduler.get("beta_end"), scheduler.get("num_train_timesteps", 1000))
   if betas != _SD_BETAS:
     raise ValueError(f"{folder}/scheduler: beta schedule {betas}; this converter knows "
                      f"Stable Diffusion's {_SD_BETAS}.")
@@ -121,8 +132,16 @@ def _scheduler_settings(folder: str, config) -> None:
   config.diffusion.prediction = "v" if prediction == "v_prediction" else "eps"
   if scheduler.get("rescale_betas_zero_snr"):
     config.diffusion.zero_terminal_snr = True
+  spacing = scheduler.get("timestep_spacing", "leading")
+  if spacing != "leading":  # A sampling choice, not the model's: said, not refused.
+    logging.warning("%s/scheduler: timestep_spacing=%r; our ddim, ddpm and plms walk "
+                    "diffusers' 'leading' timesteps and dpm_solver++ its 'linspace' ones, so "
+                    "samples differ from that scheduler's.", folder, spacing)
+  # diffusers' defaults: DDIMScheduler sets alpha to one past the last step, PNDM does not.
+  alpha_to_one = scheduler.get("set_alpha_to_one",
+                               scheduler.get("_class_name") == "DDIMScheduler")
   config.sampling.update(steps_offset=int(scheduler.get("steps_offset", 0)),
-                         set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)))
+                         set_alpha_to_one=bool(alpha_to_one))
 
 
 def _from_diffusers(folder: str):
@@ -142,7 +161,7 @@ def _from_diffusers(folder: str):
   config.autoencoder = infer.autoencoder_from_diffusers(vae_config)
   config.conditioner = text
   config.conditioning.pad = None  # The tokenizer folder's own settings say.
-  _check_context(config, folder)
+  _check_parts(config, folder)
   _scheduler_settings(folder, config)
   config.first_stage.scale_factor = float(vae_config.get("scaling_factor",
                                                          stable_diffusion.SCALE_FACTOR))
@@ -175,8 +194,13 @@ def convert(source: str, out: str, *, tokenizer: str | None = None,
     config.diffusion.prediction = prediction
   if fam == "sd2" and config.diffusion.prediction == "v":
     config.data.image_size = 768  # SD 2.x's v-prediction models are its 768 px ones.
+  if fam == "sd2" and prediction is None and not os.path.isdir(source):
+    logging.warning("%s: SD 2.x single files do not say what their UNet predicts; eps is "
+                    "assumed (the 512 px base models). The 768 px models predict v: convert "
+                    "them with --prediction=v.", source)
   # The tokenizer must load and be of the kind the text encoder reads, before writing.
   pad = config.conditioning.get("pad")
+  tokenizer = os.path.expanduser(tokenizer)
   loaded = tokenizer_lib.load_tokenizer(tokenizer, kind=_tokenizer_kind(config),
                                         pad=int(pad) if pad and pad.isdigit() else pad)
   if loaded.vocab_size > config.conditioner.vocab_size:
@@ -188,6 +212,14 @@ def convert(source: str, out: str, *, tokenizer: str | None = None,
   config.first_stage.path = out
   logging.info("%s: %s pipeline, %s-prediction, scale factor %g.", source, fam,
                config.diffusion.prediction, config.first_stage.scale_factor)
-  export.write(out, parts, config)
-  _copy_tokenizer(tokenizer, os.path.join(out, "tokenizer"))
+  # Written beside `out`, then renamed: an interrupted conversion leaves no partial `out`.
+  partial = out.rstrip(os.sep) + ".incomplete"
+  if os.path.exists(partial):
+    raise FileExistsError(f"{partial} exists: a conversion into {out} stopped part-way. "
+                          f"Delete it and convert again.")
+  export.write(partial, parts, config)
+  os.makedirs(os.path.join(partial, "tokenizer"))
+  for path in _tokenizer_files(tokenizer):
+    shutil.copy2(path, os.path.join(partial, "tokenizer", os.path.basename(path)))
+  os.rename(partial, out)
   return config

@@ -259,6 +259,8 @@ class LatentDiffusion:
     diffusers' scheduler settings; Stable Diffusion's are 1 and False."""
     block = self.config.sampling
     offset = int(block.get("steps_offset", 0))
+    if offset < 0:
+      raise ValueError(f"sampling.steps_offset={offset}: expected >= 0.")
     last = (steps - 1) * (table.num_timesteps // steps) + offset
     if sampler != "dpm_solver++" and not 0 <= last < table.num_timesteps:
       raise ValueError(f"sampling.steps_offset={offset} with steps={steps}: the first "

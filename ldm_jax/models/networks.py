@@ -39,6 +39,7 @@ class Spec:
   size_multiple: int  # Input sides must be multiples of this.
   dropout: float  # > 0: it has dropout (training passes a 'dropout' rng).
   logsnr_input: bool = False  # Its time input must be the logSNR (simple diffusion).
+  square_only: bool = False  # Its inputs must be square (the U-ViT's 2-D positions).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _uvit_spec(block) -> Spec:
               num_classes=block.get("num_classes"),
               size_multiple=int(get("patch_size")) * 2 ** len(get("channels")),
               dropout=max(float(get("dropout") or 0.0), float(get("res_dropout") or 0.0)),
-              logsnr_input=bool(get("logsnr_input")))
+              logsnr_input=bool(get("logsnr_input")), square_only=True)
 
 
 FAMILIES = {"unet": Family(UNet, _unet_spec), "uvit": Family(UViT, _uvit_spec)}

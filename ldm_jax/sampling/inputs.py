@@ -77,6 +77,9 @@ def build(sampler, given: dict, num_samples, height=None, width=None) -> Conditi
     if not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name}={value!r}: expected a positive number of pixels.")
     size[axis] = int(value)
+  if size[0] != size[1] and sampler.model.network_spec.square_only:
+    raise ValueError(f"height={size[0]}, width={size[1]}: a {sampler.model.network_spec.type} "
+                     f"network draws square images only.")
   side = tuple(_check_side(sampler, s, n) for s, n in zip(
       size, (request.side_name if height is None else "height",
              request.side_name if width is None else "width")))

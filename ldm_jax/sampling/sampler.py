@@ -254,7 +254,7 @@ class Sampler:
                     first_index=int(first_index), num_devices=self.num_devices,
                     height=cond.side[0] * down, width=cond.side[1] * down,
                     image_size=cond.side[0] * down if cond.side[0] == cond.side[1] else None,
-                    checkpoint=self.source, step=self.step,
+                    negative_prompt=negative_prompt, checkpoint=self.source, step=self.step,
                     paste_known=bool(paste_known) if self.mode == "inpainting" else None)
     return Samples(visualize.to_uint8(images), cond.per_sample, cond.columns, settings)
 

@@ -10,6 +10,7 @@ text encoder's, conditioning.type='frozen_text') are jit *arguments* (`consts['f
 checkpointed with the run.
 """
 
+import functools
 import os
 
 import jax
@@ -54,12 +55,6 @@ class LdmStage:
                                                        num_steps=config.num_steps,
                                                        params=self.model.param_shapes())}
     self._grid_fn = None
-    # Arguments of a new run's `init_state` (jit arguments, not constants): the network (and
-    # trained conditioner) a fine-tuning run starts from (config.init_from, a converted
-    # directory).
-    self.init_inputs = {}
-    if config.get("init_from"):
-      self.init_inputs["pretrained"] = self._pretrained(config.init_from)
 
   # --- host side ---------------------------------------------------------------------------
   def prepare(self, batch: dict, mesh, extra=()) -> dict:
@@ -81,6 +76,15 @@ class LdmStage:
                                            loaded, params["model"][part])
     return TrainState.create(params=params, optimizers=self.optimizers, rng=rng,
                              ema=bool(self.ema and self.ema.decay))
+
+  @functools.cached_property
+  def init_inputs(self) -> dict:
+    """Arguments of a new run's `init_state` (jit arguments, not constants): the network
+    (and trained conditioner) a fine-tuning run starts from (config.init_from, a converted
+    directory). Read when first asked for: a resumed run never reads them."""
+    if not self.config.get("init_from"):
+      return {}
+    return {"pretrained": self._pretrained(self.config.init_from)}
 
   def _pretrained(self, directory: str) -> dict:
     """{'network', and 'conditioner' where one trains}: parameters from `directory`."""

@@ -190,6 +190,7 @@ def test_converted_pipeline_samples_like_diffusers(family, clip_dir, tmp_path):
     assert inside > 0.5  # The images carry information, not saturated noise.
     assert diff.max() <= 1.0
     assert ours.settings["height"] == HEIGHT and ours.settings["width"] == WIDTH
+    assert ours.settings["negative_prompt"] == NEGATIVE
   # The comparison sees the text: without the negative prompts diffusers' images move.
   with torch.no_grad():
     plain = pipe(PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
@@ -262,6 +263,17 @@ def test_pipeline_conversion_errors(clip_dir, converted_sd1, tmp_path):
   with pytest.raises(ValueError, match="width is 128 but the UNet attends to a context of 64"):
     pipeline.convert(str(tmp_path / "narrow.safetensors"), str(tmp_path / "f"),
                      tokenizer=clip_dir)
+  # An inpainting UNet (the masked image's latents and the mask concatenated).
+  inpainting = dict(state)
+  key = "model.diffusion_model.input_blocks.0.0.weight"
+  inpainting[key] = np.concatenate([state[key], state[key], state[key][:, :1]], axis=1)
+  save_file(inpainting, str(tmp_path / "inpainting.safetensors"))
+  with pytest.raises(ValueError, match="takes 9 and gives 4 channels.*an inpainting"):
+    pipeline.convert(str(tmp_path / "inpainting.safetensors"), str(tmp_path / "h"),
+                     tokenizer=clip_dir)
+  # A half-precision file stores the schedule rounded to float16: still Stable Diffusion's.
+  pipeline._check_stored_schedule(  # pylint: disable=protected-access
+      {"alphas_cumprod": state["alphas_cumprod"].astype(np.float16)}, "fp16 file")
   # Another schedule than Stable Diffusion's.
   shifted = dict(state, alphas_cumprod=state["alphas_cumprod"] * 0.9)
   save_file(shifted, str(tmp_path / "shifted.safetensors"))
@@ -270,8 +282,16 @@ def test_pipeline_conversion_errors(clip_dir, converted_sd1, tmp_path):
                      tokenizer=clip_dir)
   assert sorted(os.listdir(os.path.join(converted, "tokenizer"))) == ["merges.txt",
                                                                       "vocab.json"]
+  assert not os.path.exists(converted + ".incomplete")
   with pytest.raises(FileExistsError, match="never written over"):
     pipeline.convert(single, converted, tokenizer=clip_dir)
+  # vocab.json names its folder, as for the tokenizer itself: both files are copied.
+  pipeline.convert(single, str(tmp_path / "i"), tokenizer=os.path.join(clip_dir, "vocab.json"))
+  assert sorted(os.listdir(tmp_path / "i" / "tokenizer")) == ["merges.txt", "vocab.json"]
+  (tmp_path / "j.incomplete").mkdir()  # What an interrupted conversion leaves.
+  with pytest.raises(FileExistsError, match="j.incomplete exists: a conversion into"):
+    pipeline.convert(single, str(tmp_path / "j"), tokenizer=clip_dir)
+  assert not (tmp_path / "j").exists()
   model = sampling.load(checkpoint=converted)
   assert model.config.data.image_size == 512 and model.config.sampling.guidance_scale == 7.5
   with pytest.raises(ValueError, match="height: the output would be 34 px, which must be a "
@@ -328,3 +348,42 @@ def test_ldm_txt2img_single_file_converts_with_its_bert_encoder(tmp_path):
   assert ref.relative_error(ours, theirs) <= 1e-5
   images = model.sample(1, prompt="a red car", height=16, width=16, steps=2).images
   assert images.shape == (1, 16, 16, 3)
+
+
+def _shapes(shapes: dict) -> dict:
+  """A state dict of zero-memory arrays with these shapes (architecture inference reads
+  shapes only)."""
+  return {k: np.broadcast_to(np.float32(0), v) for k, v in shapes.items()}
+
+
+def test_sd2_text_encoder_files_with_23_or_24_blocks_are_one_architecture():
+  """Files re-saved from diffusers hold ViT-H/14's text tower without its last block (SD 2
+  never runs it); both layouts give the 24-block tower read at its penultimate block."""
+  from ldm_jax.convert import infer  # pylint: disable=import-outside-toplevel
+  p = "cond_stage_model.model."
+  for blocks in (23, 24):
+    state = _shapes({f"{p}token_embedding.weight": (49408, 1024),
+                     f"{p}positional_embedding": (77, 1024),
+                     **{f"{p}transformer.resblocks.{i}.mlp.c_fc.weight": (4096, 1024)
+                        for i in range(blocks)}})
+    block = infer.text_encoder_block(state, "sd2", "sd2.safetensors")
+    assert (block.depth, block.output_layer, block.heads, block.activation) == (
+        24, -2, 16, "gelu")
+  wide = _shapes({"cond_stage_model.transformer.text_model.embeddings.token_embedding."
+                  "weight": (49408, 1024)})
+  with pytest.raises(ValueError, match="1024-wide text encoder .* in transformers' names"):
+    infer.text_encoder_block(wide, "sd1", "odd.safetensors")
+
+
+def test_autoencoder_inference_reads_embed_dim_and_z_channels_apart():
+  from ldm_jax.convert import infer  # pylint: disable=import-outside-toplevel
+  p = "first_stage_model."
+  state = _shapes({f"{p}encoder.conv_in.weight": (32, 3, 3, 3),
+                   f"{p}encoder.down.0.block.0.conv2.weight": (32, 32, 3, 3),
+                   f"{p}encoder.down.1.block.0.conv2.weight": (64, 64, 3, 3),
+                   f"{p}decoder.conv_out.weight": (3, 32, 3, 3),
+                   f"{p}decoder.conv_in.weight": (64, 8, 3, 3),
+                   f"{p}post_quant_conv.weight": (8, 4, 1, 1)})
+  block = infer.autoencoder_block(state, "vae.safetensors")
+  assert (block.z_channels, block.embed_dim, block.ch_mult, block.num_res_blocks) == (
+      8, 4, (1, 2), 1)

@@ -88,6 +88,9 @@ def test_simple_diffusion_tiny_trains_and_samples_any_number_of_steps(tiny_run, 
                          guidance_scale=scale)
     assert out.images.shape == (4, 16, 16, 1) and out.images.dtype == np.uint8
     assert out.images.std() > 0
+  if arch == "uvit":  # Its 2-D positions are square: refused before anything compiles.
+    with pytest.raises(ValueError, match="a uvit network draws square images only"):
+      sampler.sample(2, class_label=3, height=16, width=32)
 
 
 def test_the_multiscale_eps_loss_is_what_the_model_trains():
