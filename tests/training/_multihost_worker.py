@@ -21,6 +21,9 @@ def _config(data_dir):
   config.data.data_dir = data_dir
   config.num_steps = config.checkpoint_every = STEPS
   config.eval_every = 100
+  # The final evaluation and scale factor run once each, on one batch: the test compares
+  # the training steps (three JAX processes share two cores here).
+  config.eval_batches = config.scale_factor_batches = 1
   config.loss.disc_start = 1
   # Adam's first steps are +-lr even where a gradient is only rounding noise, which two
   # correct reduction orders round differently (see sharded_step_test.py): eps = 1 makes
