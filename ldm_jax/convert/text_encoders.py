@@ -46,8 +46,9 @@ def layout_of(keys) -> str | None:
   return None
 
 
-def _open_clip_to_hf(key: str, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
-  """One OpenCLIP text-tower tensor -> (transformers name, value) pairs (q|k|v split)."""
+def _open_clip_to_ours(key: str, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
+  """One OpenCLIP text-tower tensor -> (our name, value) pairs: transformers' names, the
+  attention's as nn/attention's (q|k|v split)."""
   fixed = {"token_embedding.weight": "embeddings.token_embedding.weight",
            "positional_embedding": "embeddings.position_embedding.weight",
            "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias"}
@@ -59,13 +60,25 @@ def _open_clip_to_hf(key: str, value: np.ndarray) -> list[tuple[str, np.ndarray]
   layer, rest = f"encoder.layers.{m[1]}.", m[2]
   if m2 := re.fullmatch(r"attn\.in_proj_(weight|bias)", rest):
     parts = np.split(np.asarray(value), 3, axis=0)
-    return [(f"{layer}self_attn.{p}_proj.{m2[1]}", v) for p, v in zip("qkv", parts)]
-  table = {"attn.out_proj.": "self_attn.out_proj.", "ln_1.": "layer_norm1.",
+    return [(f"{layer}self_attn.to_{p}.{m2[1]}", v) for p, v in zip("qkv", parts)]
+  table = {"attn.out_proj.": "self_attn.to_out.0.", "ln_1.": "layer_norm1.",
            "ln_2.": "layer_norm2.", "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2."}
   for theirs, ours in table.items():
     if rest.startswith(theirs):
       return [(layer + ours + rest[len(theirs):], value)]
   return [(key, value)]
+
+
+# transformers' attention names -> nn/attention.CrossAttention's, which our encoder uses.
+_HF_ATTENTION = {".self_attn.q_proj.": ".self_attn.to_q.", ".self_attn.k_proj.":
+                 ".self_attn.to_k.", ".self_attn.v_proj.": ".self_attn.to_v.",
+                 ".self_attn.out_proj.": ".self_attn.to_out.0."}
+
+
+def _hf_to_ours(key: str) -> str:
+  for theirs, ours in _HF_ATTENTION.items():
+    key = key.replace(theirs, ours)
+  return key
 
 
 def _layer_index(key: str) -> int | None:
@@ -94,7 +107,9 @@ def import_clip(state: Mapping[str, np.ndarray], target, *, built_depth: int,
                  f" (blocks {layers}, past the output layer)" if layers else "")
   sub = {k: v for k, v in sub.items() if k not in set(left_out)}
   if layout == "open_clip":
-    sub = dict(pair for k, v in sub.items() for pair in _open_clip_to_hf(k, v))
+    sub = dict(pair for k, v in sub.items() for pair in _open_clip_to_ours(k, v))
+  else:
+    sub = {_hf_to_ours(k): v for k, v in sub.items()}
   return torch_weights.to_flax(sub, target)
 
 

@@ -11,15 +11,14 @@ mlp_width -> width with `activation`) -> final LayerNorm -> [B, L, width].
   block is never built, so its weights are neither held nor computed.
 
 Submodules carry transformers' CLIPTextModel names (`embeddings/token_embedding`,
-`encoder/layers_3/self_attn/q_proj`, `final_layer_norm`, ...) so its checkpoints map by rule
-(ldm_jax/convert/torch_weights.py); OpenCLIP's layout is renamed to them on import
-(ldm_jax/convert/text_encoders.py). Positions are always 0..L-1 (checkpoints' stored
+`encoder/layers_3/layer_norm1`, `final_layer_norm`, ...), except the attention, which is
+nn/attention's CrossAttention (`self_attn/to_q`, ..., `to_out_0`); checkpoints are renamed to
+these on import (ldm_jax/convert/text_encoders.py), OpenCLIP's layout included. Positions are always 0..L-1 (checkpoints' stored
 `position_ids` buffers are ignored: some merged files carry corrupt ones).
 """
 
 from typing import Any
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,24 +29,6 @@ from ldm_jax.nn import layers
 Dtype = Any
 ACTIVATIONS = {"quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
                "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
-
-
-class _Attention(nn.Module):
-  heads: int
-  causal: bool
-  attention_impl: str | None
-  dtype: Dtype
-  param_dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    width = x.shape[-1]
-    split = lambda t: einops.rearrange(t, "b l (n d) -> b l n d", n=self.heads)
-    q, k, v = (split(layers.dense(width, name=f"{n}_proj", **kw)(x)) for n in "qkv")
-    out = attention.dot_product_attention(q, k, v, self.attention_impl, is_causal=self.causal)
-    return layers.dense(width, name="out_proj", **kw)(
-        einops.rearrange(out, "b l n d -> b l (n d)"))
 
 
 class _Block(nn.Module):
@@ -63,8 +44,9 @@ class _Block(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name, **kw)
-    x = x + _Attention(self.heads, self.causal, self.attention_impl, name="self_attn",
-                       **kw)(norm("layer_norm1")(x))
+    x = x + attention.CrossAttention(
+        self.heads, x.shape[-1] // self.heads, use_bias=True, causal=self.causal,
+        attention_impl=self.attention_impl, name="self_attn", **kw)(norm("layer_norm1")(x))
     return x + _MLP(self.mlp_width, self.activation, name="mlp", **kw)(norm("layer_norm2")(x))
 
 

@@ -64,11 +64,13 @@ class SpatialSelfAttention(nn.Module):
 
 class CrossAttention(nn.Module):
   """Multi-head attention of `x` over `context` (itself when context is None); `use_bias`
-  gives the q/k/v projections biases (as torch.nn.MultiheadAttention's)."""
+  gives the q/k/v projections biases (as torch.nn.MultiheadAttention's); `causal`: position
+  i attends to positions <= i only (CLIP's text transformer)."""
   heads: int
   head_dim: int
   zero_init_out: bool = False
   use_bias: bool = False
+  causal: bool = False
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -82,7 +84,8 @@ class CrossAttention(nn.Module):
     q = split(layers.dense(inner, use_bias=self.use_bias, name="to_q", **kw)(x))
     k = split(layers.dense(inner, use_bias=self.use_bias, name="to_k", **kw)(context))
     v = split(layers.dense(inner, use_bias=self.use_bias, name="to_v", **kw)(context))
-    out = einops.rearrange(dot_product_attention(q, k, v, self.attention_impl),
+    out = einops.rearrange(dot_product_attention(q, k, v, self.attention_impl,
+                                                 is_causal=self.causal),
                            "b l n d -> b l (n d)")
     return layers.dense(x.shape[-1], zero_init=self.zero_init_out, name="to_out_0", **kw)(out)
 
