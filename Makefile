@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ldm_jax-installed
 
-.PHONY: test quickstart quickstart-simple install clean
+.PHONY: test quickstart quickstart-simple install clean gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ quickstart-simple: $(STAMP)
 	    --workdir=$(QUICKSTART)/simple
 	$(BIN)/python -m ldm_jax.eval.digits_report --workdir=$(QUICKSTART)/simple \
 	    --out=$(QUICKSTART)/simple_samples.png --steps=50
+
+# What benchmarks/gpu.sh installs on a GPU image that has JAX, flax, optax, orbax and torch
+# (Python 3.12): pure-Python wheels into .whl/, carried with the tree.
+GPU_WHEELS ?= ml_collections==1.1.0 clu==0.0.12 diffusers==0.42.1
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	    --implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -17,7 +17,9 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "A configs/benchmark.py point.",
                                 lock_config=True)
 flags.DEFINE_string("json", None, "Write the record here.")
-flags.DEFINE_enum("compare", None, ["diffusers"], "Also time diffusers' step.")
+flags.DEFINE_enum("compare", None, ["diffusers", "diffusers_compile"],
+                  "Also time diffusers' step (eager, or through torch.compile).")
+flags.DEFINE_list("measure", None, "Measurements to take (default: the point's).")
 flags.DEFINE_integer("batch_size", None, "Global batch.")
 flags.DEFINE_integer("image_size", None, "Image side in pixels.")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
@@ -25,6 +27,9 @@ flags.DEFINE_bool("remat", None, "Rematerialise blocks.")
 flags.DEFINE_string("attention_impl", None, "xla or cudnn.")
 flags.DEFINE_string("mesh", None, "data,fsdp sizes, e.g. -1,1 or 2,4.")
 flags.DEFINE_integer("steps", None, "Timed steps.")
+flags.DEFINE_integer("warmup", None, "Untimed steps before them.")
+flags.DEFINE_integer("sampling_steps", None, "Sampler steps of a `sampling` measurement.")
+flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance of `sampling`.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -36,9 +41,11 @@ def main(argv):
   config = FLAGS.config
   with config.unlocked():
     for name in ("compare", "batch_size", "image_size", "dtype", "remat", "attention_impl",
-                 "steps"):
+                 "steps", "warmup", "sampling_steps", "guidance_scale"):
       if FLAGS[name].value is not None:
         config.benchmark[name] = FLAGS[name].value
+    if FLAGS.measure:
+      config.benchmark.measure = tuple(FLAGS.measure)
     if FLAGS.mesh:
       sizes = FLAGS.mesh.split(",")
       if len(sizes) != 2:

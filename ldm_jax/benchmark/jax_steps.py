@@ -5,12 +5,16 @@
                     embeddings): noise at the schedule's times, forward + backward, AdamW,
                     EMA; for a UNet the same work as `torch_steps.unet_step`;
   ldm_step          the library's own LDM training step (`LdmStage.train_step`): images through
-                    the frozen autoencoder, conditioning, the UNet, AdamW, EMA;
+                    the frozen autoencoder, conditioning, the UNet, AdamW, EMA; with
+                    `data.latent_key` (MLPerf's SD recipe) from precomputed encoder moments
+                    and caption contexts, so nothing but the UNet's update;
   sampling          DDIM with `sampling_steps` steps from noise to decoded images;
   vae_step          the autoencoder's reconstruction step (L1 + KL, forward + backward,
                     AdamW), the same work as `torch_steps.vae_step`;
   autoencoder_step  the library's autoencoder training step (`AutoencoderStage.train_step`,
-                    with its PatchGAN discriminator).
+                    with its PatchGAN discriminator);
+  vae_encode        images to latents (the posterior's mean), inference;
+  vae_decode        latents to images, inference.
 
 Each builder returns a `Program`: a jitted function with explicit shardings, its first
 arguments, and whether it threads a state (donated) through the calls.
@@ -146,17 +150,42 @@ def unet_step(config, mesh) -> Program:
                            lambda state: _count(state["params"]))
 
 
+def ldm_inputs(stage, config, batch: int, seed: int = 0) -> dict:
+  """A synthetic batch of the fields the LDM stage's step reads: images, or with
+  `data.latent_key` the cached encoder moments (and frozen-text contexts), plus labels."""
+  model = stage.model
+  rng = np.random.default_rng(seed)
+  side = int(config.benchmark.image_size)
+  out = {}
+  if model.cached:
+    shape = model.first_stage.latent_shape(side)
+    mean = rng.standard_normal((batch, *shape), np.float32)
+    if model.first_stage.kind == "kl":  # Mean and log-variance, as the encoder's moments.
+      mean = np.concatenate([mean, np.full_like(mean, -6.0)], axis=-1)
+    out["moments"] = mean
+  else:
+    out["image"] = rng.uniform(-1, 1, (batch, side, side, _image_channels(config))).astype(
+        np.float32)
+  cond = stage.cond
+  if cond.type == "class":
+    out["label"] = rng.integers(0, cond.num_classes, (batch,)).astype(np.int32)
+  elif cond.type == "frozen_text" and model.cached:
+    out["context"] = rng.standard_normal((batch, cond.max_length, cond.context_width),
+                                         np.float32)
+  elif cond.type not in ("none", "low_res", "inpainting"):
+    raise ValueError(f"benchmark ldm_step: conditioning.type={cond.type!r} is not "
+                     f"synthesised; use a class-, un-conditional, low_res, inpainting or "
+                     f"cached frozen_text point.")
+  missing = [k for k in model.batch_keys if k not in out]
+  if missing:
+    raise ValueError(f"benchmark ldm_step: the step reads {missing}, which are not "
+                     f"synthesised.")
+  return out
+
+
 def ldm_step(config, mesh) -> Program:
   stage = stages.create(config)
-  b, side = int(config.benchmark.batch_size), int(config.benchmark.image_size)
-  channels = _image_channels(config)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.uniform(-1, 1, (b, side, side, channels)).astype(np.float32)}
-  if stage.cond.type == "class":
-    batch["label"] = rng.integers(0, stage.cond.num_classes, (b,)).astype(np.int32)
-  elif stage.cond.type not in ("none", "low_res", "inpainting"):
-    raise ValueError(f"benchmark ldm_step: conditioning.type={stage.cond.type!r} is not "
-                     f"synthesised; use a class-, un-conditional, low_res or inpainting point.")
+  batch = ldm_inputs(stage, config, int(config.benchmark.batch_size))
   return _training_program(stage.init_state, stage.train_step, mesh, _put(batch, mesh),
                            stage.constants, lambda state: _count(state.params["model"]["network"]))
 
@@ -235,5 +264,45 @@ def autoencoder_step(config, mesh) -> Program:
       lambda state: _count(state.params["generator"]["autoencoder"]))
 
 
+def _inference(config, mesh, fn, inputs) -> Program:
+  """fn(params, inputs) jitted, the autoencoder's parameters replicated (inference)."""
+  model = factory.build_autoencoder(config.autoencoder)
+  example = factory.autoencoder_example_inputs(config.autoencoder)
+  params, _ = _init_sharded(lambda rng: model.init(rng, *example)["params"], mesh,
+                            jax.random.key(0))
+  jitted = jax.jit(lambda p, x: fn(model, p, x), in_shardings=(None, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.batch_sharding(mesh))
+  return Program(jitted, (params, jax.device_put(inputs, sharding.batch_sharding(mesh))),
+                 False, _count(params))
+
+
+def vae_encode(config, mesh) -> Program:
+  """Images to latents (the posterior's mean): what a latent cache's build runs."""
+  images = vae_inputs(config, int(config.benchmark.batch_size))
+
+  def encode(model, params, x):
+    moments = model.apply({"params": params}, x, method=first_stage_lib._kl_moments)  # pylint: disable=protected-access
+    return DiagonalGaussian.from_moments(moments).mean
+
+  if config.autoencoder.type != "kl":
+    raise ValueError("benchmark vae_encode times a KL autoencoder (autoencoder.type='kl').")
+  return _inference(config, mesh, encode, images)
+
+
+def vae_latents(config, batch: int, seed: int = 0) -> np.ndarray:
+  side = latent_side(config)
+  return np.random.default_rng(seed).standard_normal(
+      (batch, side, side, int(config.autoencoder.embed_dim))).astype(np.float32)
+
+
+def vae_decode(config, mesh) -> Program:
+  """Latents to images: the last stage of sampling."""
+  return _inference(config, mesh,
+                    lambda model, params, z: model.apply({"params": params}, z,
+                                                         method="decode"),
+                    vae_latents(config, int(config.benchmark.batch_size)))
+
+
 BUILDERS = {"unet_step": unet_step, "ldm_step": ldm_step, "sampling": sampling,
-            "vae_step": vae_step, "autoencoder_step": autoencoder_step}
+            "vae_step": vae_step, "autoencoder_step": autoencoder_step,
+            "vae_encode": vae_encode, "vae_decode": vae_decode}

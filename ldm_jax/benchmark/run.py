@@ -13,7 +13,7 @@ from ldm_jax.benchmark import jax_steps
 from ldm_jax.benchmark import measure
 from ldm_jax.parallel import sharding
 
-COMPARES = ("", "diffusers")
+COMPARES = ("", "diffusers", "diffusers_compile")
 
 
 def apply_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -54,16 +54,31 @@ def _measure_one(name: str, config, mesh, devices, torch_step=None) -> dict:
       args[0] = out[0]
     return out
 
+  torch_first_s, torch_error, theirs = None, None, []
+
+  def torch_call() -> float | None:
+    """One timed diffusers call; a failure there (out of memory, torch.compile) is recorded
+    and ends the comparison, not our measurement."""
+    nonlocal torch_step, torch_error
+    if torch_step is None:
+      return None
+    try:
+      return measure.time_calls(lambda: (torch_step.call(), torch_step.sync()), 1)[0]
+    except Exception as e:  # pylint: disable=broad-except
+      torch_error, torch_step = f"diffusers' step failed: {type(e).__name__}: {e}"[:500], None
+      print(torch_error, flush=True)
+      return None
+
   for _ in range(int(bench.warmup)):
     jax.block_until_ready(call())
-    if torch_step is not None:
-      torch_step.call()
-      torch_step.sync()
-  ours, theirs = [], []
+    seconds = torch_call()
+    torch_first_s = seconds if torch_first_s is None else torch_first_s
+  ours = []
   for _ in range(int(bench.steps)):  # Alternating: both see the same machine state.
     ours += measure.time_calls(call, 1)
-    if torch_step is not None:
-      theirs += measure.time_calls(lambda: (torch_step.call(), torch_step.sync()), 1)
+    seconds = torch_call()
+    if seconds is not None:
+      theirs.append(seconds)
   timing = measure.Timing(
       compile_s, ours, None if per_device_flops is None else per_device_flops * len(devices),
       measure.peak_memory(devices))
@@ -71,15 +86,28 @@ def _measure_one(name: str, config, mesh, devices, torch_step=None) -> dict:
   out = measure.summarise(timing, batch=batch, num_devices=len(devices),
                           device_kind=devices[0].device_kind, dtype=bench.dtype)
   out["num_params"] = program.num_params
-  if torch_step is not None:
+  if torch_error:
+    out["diffusers_note"] = torch_error
+  elif torch_step is not None:
     torch_timing = measure.Timing(0.0, theirs, None, None)
     per_sec = batch / torch_timing.median_s  # One PyTorch device.
     out.update(diffusers_step_time_ms=1e3 * torch_timing.median_s,
                diffusers_images_per_sec_per_device=per_sec,
                speedup_vs_diffusers=out["images_per_sec_per_device"] / per_sec,
                diffusers_num_params=torch_step.num_params,
+               diffusers_first_call_s=torch_first_s,
                diffusers_device=torch_step.device)
   return out
+
+
+def _free_torch_memory() -> None:
+  """Hands PyTorch's cached device memory back between measurements (when it was imported)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  torch = sys.modules.get("torch")
+  if torch is not None and torch.cuda.is_available():
+    import gc  # pylint: disable=import-outside-toplevel
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
@@ -101,12 +129,22 @@ def run(config: ml_collections.ConfigDict) -> dict:
     record["mfu_note"] = (f"no peak FLOP/s known for {kind!r} at {bench.dtype}: MFU not "
                           f"reported (known: {sorted(measure.PEAK_TFLOPS)}).")
   for name in bench.measure:
-    torch_step = None
-    if bench.compare == "diffusers":
+    torch_step, note = None, None
+    if bench.compare:
       from ldm_jax.benchmark import torch_steps  # pylint: disable=import-outside-toplevel
-      if name in torch_steps.BUILDERS:
-        torch_step = torch_steps.BUILDERS[name](config, backend)
+      if name not in torch_steps.BUILDERS:
+        note = f"no diffusers counterpart of {name}"
+      else:
+        try:
+          torch_step = torch_steps.BUILDERS[name](config, backend,
+                                                  compile=bench.compare == "diffusers_compile")
+        except torch_steps.NotComparable as e:
+          note = str(e)
     record["measurements"][name] = _measure_one(name, config, mesh, devices, torch_step)
+    if note:
+      record["measurements"][name]["diffusers_note"] = note
+    del torch_step
+    _free_torch_memory()
   first = record["measurements"][bench.measure[0]]
   for key in ("images_per_sec_per_device", "step_time_ms", "compile_time_s",
               "tflops_per_device", "mfu", "speedup_vs_diffusers"):

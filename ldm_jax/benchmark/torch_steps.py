@@ -1,11 +1,13 @@
-"""The diffusers (PyTorch) counterparts of `jax_steps.unet_step` and `jax_steps.vae_step`:
-the same architecture (built from the same config block through
-`convert.diffusers_configs`, as the parity tests do), batch, resolution and compute dtype
-(bfloat16 as autocast over float32 parameters, like our bf16 compute with float32
-parameters), AdamW, EMA for the UNet, PyTorch's SDPA attention (diffusers' default), on the
-same device as JAX when PyTorch can use it.
+"""The diffusers (PyTorch) counterparts of `jax_steps`' unet_step, vae_step, sampling,
+vae_encode and vae_decode: the same architecture (built from the same config block through
+`convert.diffusers_configs`, as the parity tests do), batch, resolution and compute dtype, on
+the same device as JAX when PyTorch can use it, with PyTorch's SDPA attention (diffusers'
+default). Training steps run bfloat16 as autocast over float32 parameters (like our bf16
+compute with float32 parameters), AdamW, EMA for the UNet; inference (sampling, the VAE's
+encoder and decoder) runs as diffusers' pipelines do, on bfloat16 weights. `compile=True`
+wraps the models in torch.compile (its first call, in the warm-up, compiles).
 
-Needs torch and diffusers (the test extras; the GPU image has them).
+Needs torch and diffusers (the test extras; carried to a GPU machine by benchmarks/gpu.sh).
 """
 
 import dataclasses
@@ -16,7 +18,10 @@ from ldm_jax.benchmark import jax_steps
 from ldm_jax.convert import diffusers_configs
 from ldm_jax.diffusion import schedule_config
 
-COMPARABLE = ("unet_step", "vae_step")
+
+
+class NotComparable(ValueError):
+  """This point's measurement has no diffusers counterpart here (the record says why)."""
 
 
 @dataclasses.dataclass
@@ -54,18 +59,35 @@ def _sync(torch, device):
   return (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
 
 
-def unet_step(config, platform: str) -> TorchStep:
-  torch, diffusers = _torch()
-  device = _device(torch, platform)
+def _unet(config, diffusers):
   block = config.network.to_dict()
   if block.get("type") != "unet":
-    raise ValueError(f"network.type={block.get('type')!r}: the diffusers comparison builds "
+    raise NotComparable(f"network.type={block.get('type')!r}: the diffusers comparison builds "
                      f"diffusers' UNet, so it needs network.type='unet'.")
   if block.get("use_spatial_transformer", True):
-    model = diffusers.UNet2DConditionModel(**diffusers_configs.unet_condition_kwargs(block))
-  else:
-    model = diffusers.UNet2DModel(**diffusers_configs.unet_2d_kwargs(block))
+    return diffusers.UNet2DConditionModel(**diffusers_configs.unet_condition_kwargs(block))
+  return diffusers.UNet2DModel(**diffusers_configs.unet_2d_kwargs(block))
+
+
+def _vae(config, diffusers):
+  block = config.get("autoencoder")
+  if block is None or block.type != "kl" or block.embed_dim != block.z_channels:
+    raise NotComparable("--compare=diffusers times diffusers' AutoencoderKL: needs "
+                     "autoencoder.type='kl' with embed_dim == z_channels.")
+  return diffusers.AutoencoderKL(latent_channels=block.z_channels,
+                                 **diffusers_configs.autoencoder_kwargs(block.to_dict()))
+
+
+def _maybe_compile(torch, fn, compile: bool):  # pylint: disable=redefined-builtin
+  return torch.compile(fn) if compile else fn
+
+
+def unet_step(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+  torch, diffusers = _torch()
+  device = _device(torch, platform)
+  model = _unet(config, diffusers)
   model.to(device).train()
+  forward = _maybe_compile(torch, model, compile)
   params = [p for p in model.parameters()]
   optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
   ema = [p.detach().clone().float() for p in params]
@@ -90,7 +112,7 @@ def unet_step(config, platform: str) -> TorchStep:
     if "context" in inputs:
       kwargs["encoder_hidden_states"] = inputs["context"]
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-      out = model(z_t, t, **kwargs).sample
+      out = forward(z_t, t, **kwargs).sample
     loss = torch.nn.functional.mse_loss(out.float(), eps)
     loss.backward()
     optimizer.step()
@@ -103,16 +125,13 @@ def unet_step(config, platform: str) -> TorchStep:
   return TorchStep(step, _sync(torch, device), sum(p.numel() for p in params), device)
 
 
-def vae_step(config, platform: str) -> TorchStep:
+def vae_step(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
   torch, diffusers = _torch()
   device = _device(torch, platform)
-  block = config.autoencoder
-  if block.type != "kl" or block.embed_dim != block.z_channels:
-    raise ValueError("--compare=diffusers times AutoencoderKL: needs autoencoder.type='kl' "
-                     "with embed_dim == z_channels.")
-  model = diffusers.AutoencoderKL(latent_channels=block.z_channels,
-                                  **diffusers_configs.autoencoder_kwargs(block.to_dict()))
+  model = _vae(config, diffusers)
   model.to(device).train()
+  encode = _maybe_compile(torch, model.encode, compile)
+  decode = _maybe_compile(torch, model.decode, compile)
   params = list(model.parameters())
   optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
   images = _nchw(torch, jax_steps.vae_inputs(config, int(config.benchmark.batch_size)),
@@ -121,8 +140,8 @@ def vae_step(config, platform: str) -> TorchStep:
 
   def step():
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-      posterior = model.encode(images).latent_dist
-      recon = model.decode(posterior.sample()).sample
+      posterior = encode(images).latent_dist
+      recon = decode(posterior.sample()).sample
     loss = (torch.abs(recon.float() - images).mean()
             + 1e-6 * posterior.kl().float().mean())
     loss.backward()
@@ -133,4 +152,97 @@ def vae_step(config, platform: str) -> TorchStep:
   return TorchStep(step, _sync(torch, device), sum(p.numel() for p in params), device)
 
 
-BUILDERS = {"unet_step": unet_step, "vae_step": vae_step}
+def _inference_dtype(torch, config):
+  return torch.bfloat16 if config.benchmark.dtype == "bfloat16" else torch.float32
+
+
+def vae_encode(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+  torch, diffusers = _torch()
+  device, dtype = _device(torch, platform), _inference_dtype(torch, config)
+  model = _vae(config, diffusers).to(device=device, dtype=dtype).eval()
+  encode = _maybe_compile(torch, model.encode, compile)
+  images = _nchw(torch, jax_steps.vae_inputs(config, int(config.benchmark.batch_size)),
+                 device).to(dtype)
+
+  @torch.no_grad()
+  def step():
+    return encode(images).latent_dist.mean
+
+  return TorchStep(step, _sync(torch, device), sum(p.numel() for p in model.parameters()),
+                   device)
+
+
+def vae_decode(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+  torch, diffusers = _torch()
+  device, dtype = _device(torch, platform), _inference_dtype(torch, config)
+  model = _vae(config, diffusers).to(device=device, dtype=dtype).eval()
+  decode = _maybe_compile(torch, model.decode, compile)
+  latents = _nchw(torch, jax_steps.vae_latents(config, int(config.benchmark.batch_size)),
+                  device).to(dtype)
+
+  @torch.no_grad()
+  def step():
+    return decode(latents).sample
+
+  return TorchStep(step, _sync(torch, device), sum(p.numel() for p in model.parameters()),
+                   device)
+
+
+def sampling(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+  """diffusers' DDIM loop as its pipelines run it (the scheduler on the schedule's betas,
+  guidance by a doubled batch against a zero condition, as `jax_steps.sampling`), then the
+  VAE's decoder; bfloat16 weights."""
+  torch, diffusers = _torch()
+  device, dtype = _device(torch, platform), _inference_dtype(torch, config)
+  unet = _unet(config, diffusers).to(device=device, dtype=dtype).eval()
+  vae = _vae(config, diffusers).to(device=device, dtype=dtype).eval()
+  forward = _maybe_compile(torch, unet, compile)
+  alphas = np.asarray(schedule_config.from_config(config.diffusion).discrete.alphas_cumprod,
+                      np.float64)
+  betas = 1.0 - alphas / np.concatenate([[1.0], alphas[:-1]])
+  scheduler = diffusers.DDIMScheduler(num_train_timesteps=len(betas), trained_betas=betas,
+                                      clip_sample=False, set_alpha_to_one=False,
+                                      steps_offset=int(config.sampling.get("steps_offset", 0)))
+  inputs = {k: _nchw(torch, v, device) for k, v in
+            jax_steps.unet_inputs(config, int(config.benchmark.batch_size), seed=2).items()}
+  if "concat" in inputs:
+    raise NotComparable("benchmark sampling --compare: concatenated conditions are not "
+                     "compared (diffusers' loop here is text/class/unconditional).")
+  scale = float(config.benchmark.guidance_scale)
+  scaling = float(config.first_stage.scale_factor or 1.0)
+  shape = tuple(inputs["latents"].shape)
+
+  def conditions(doubled: bool):
+    kwargs = {}
+    if "context" in inputs:
+      context = inputs["context"].to(dtype)
+      kwargs["encoder_hidden_states"] = (torch.cat([torch.zeros_like(context), context])
+                                         if doubled else context)
+    if "label" in inputs:
+      label = inputs["label"].long()
+      kwargs["class_labels"] = (torch.cat([torch.zeros_like(label), label]) if doubled
+                                else label)
+    return kwargs
+
+  guided = scale != 1.0
+  kwargs = conditions(guided)
+
+  @torch.no_grad()
+  def step():
+    scheduler.set_timesteps(int(config.benchmark.sampling_steps), device=device)
+    latents = torch.randn(shape, device=device, dtype=dtype)
+    for t in scheduler.timesteps:
+      model_in = torch.cat([latents, latents]) if guided else latents
+      eps = forward(model_in, t, **kwargs).sample
+      if guided:
+        uncond, cond = eps.chunk(2)
+        eps = uncond + scale * (cond - uncond)
+      latents = scheduler.step(eps, t, latents).prev_sample
+    return vae.decode(latents / scaling).sample
+
+  count = sum(p.numel() for p in unet.parameters())
+  return TorchStep(step, _sync(torch, device), count, device)
+
+
+BUILDERS = {"unet_step": unet_step, "vae_step": vae_step, "sampling": sampling,
+            "vae_encode": vae_encode, "vae_decode": vae_decode}

@@ -35,11 +35,12 @@ from absl import logging
 
 from ldm_jax.data import pipeline
 from ldm_jax.data import sources
+from ldm_jax.ldm import cache_metadata
 from ldm_jax.ldm import first_stage as first_stage_lib
 from ldm_jax.ldm import modes
 
 CACHEABLE = modes.CACHEABLE  # Modes whose training inputs are not made from the image.
-METADATA = "first_stage.json"
+METADATA = cache_metadata.METADATA
 
 
 def cache_directory(out: str, name: str = "latent_cache", version: str = "1.0.0") -> str:
@@ -139,35 +140,6 @@ def build(config: ml_collections.ConfigDict, out: str, *, batch_size: int = 64) 
   with open(os.path.join(directory, METADATA), "w") as f:
     json.dump(metadata, f, indent=1)
   return directory
-
-
-def check(directory: str, fs, params, text=None) -> None:
-  """Raises unless the cache in `directory` was made by these first-stage parameters (and,
-  `text` a frozen_text mode, by its text encoder and padding)."""
-  path = os.path.join(os.path.abspath(os.path.expanduser(directory)), METADATA)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.name={directory!r} has no {METADATA}: expected a "
-                            f"directory written by `python -m ldm_jax.ldm.latent_cache`.")
-  with open(path) as f:
-    metadata = json.load(f)
-  if metadata["fingerprint"] != first_stage_lib.fingerprint(params):
-    raise ValueError(f"The latent cache {directory} was encoded by {metadata['first_stage']},"
-                     f" not by this run's first stage ({fs.description}): its parameters "
-                     f"differ. Rebuild the cache.")
-  if text is None:
-    return
-  stored = metadata.get("text_encoder")
-  if stored is None:
-    raise ValueError(f"The latent cache {directory} holds no caption contexts; "
-                     f"conditioning.type='frozen_text' trains from them. Rebuild it with "
-                     f"this config.")
-  if stored["fingerprint"] != first_stage_lib.fingerprint(text.frozen_params) or \
-      stored["pad"] != int(text.tokenizer.pad_id):
-    raise ValueError(f"The latent cache {directory}'s contexts were made by another text "
-                     f"encoder or padding (tokenizer {stored['tokenizer']}, pad "
-                     f"{stored['pad']}) than this run's "
-                     f"({text.block.get('tokenizer') or 'bytes'}, pad "
-                     f"{int(text.tokenizer.pad_id)}). Rebuild the cache.")
 
 
 _CONFIG = None

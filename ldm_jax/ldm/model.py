@@ -23,12 +23,14 @@ logvar and VLB terms).
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from ldm_jax.diffusion import guidance
 from ldm_jax.diffusion import losses
 from ldm_jax.diffusion import process
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion import schedule_config
+from ldm_jax.ldm import cache_metadata
 from ldm_jax.ldm import first_stage as first_stage_lib
 from ldm_jax.ldm import modes
 from ldm_jax.models import networks
@@ -81,12 +83,15 @@ class LatentDiffusion:
                                         deterministic=not self.network_spec.dropout)
     self.cached = bool(config.data.get("latent_key"))
     if self.cached:  # Encodings stored by ldm_jax/ldm/latent_cache.py.
-      from ldm_jax.ldm import latent_cache  # pylint: disable=import-outside-toplevel
       if not self.cond.CACHEABLE:
         raise ValueError(f"data.latent_key is set, but conditioning.type={self.cond.type!r} "
                          f"needs the images; train it without a latent cache.")
-      latent_cache.check(config.data.name, self.first_stage, self.first_stage_params,
-                         self.cond if self.cond.FROZEN else None)
+      if config.data.get("name") is None:  # Synthetic encodings (benchmark.py's ldm_step).
+        logging.warning("data.latent_key=%r without data.name: no latent cache to check "
+                        "against this run's first stage.", config.data.latent_key)
+      else:
+        cache_metadata.check(config.data.name, self.first_stage, self.first_stage_params,
+                             self.cond if self.cond.FROZEN else None)
     # The batch fields `loss` reads ('tokens': captions through `cond.host_fields`).
     self.batch_keys = ("moments" if self.cached else "image",) + tuple(
         k for k in self.cond.batch_keys if k != "image")

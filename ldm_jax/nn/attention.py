@@ -1,7 +1,8 @@
 """Self- and cross-attention and the SpatialTransformer, on `jax.nn.dot_product_attention`.
 
-`attention_impl` picks the kernel: 'xla' (default, any backend) or 'cudnn' (flash attention
-on NVIDIA GPUs, bf16/fp16 only). Either way q k^T is accumulated and soft-maxed in float32
+`attention_impl` picks the kernel: 'xla' (any backend), 'cudnn' (flash attention on NVIDIA
+GPUs, bf16/fp16 only) or 'auto' (cuDNN where it applies: a GPU backend, bf16/fp16 operands and
+a head size cuDNN's flash kernel takes; XLA otherwise). Either way q k^T is accumulated and soft-maxed in float32
 whatever the compute dtype: what Stable Diffusion 2.1's `upcast_attention` asks of fp16
 inference (tests/nn/attention_test.py). Submodule names follow diffusers (`to_q`, `to_out_0`,
 `transformer_blocks_0`, `ff/net_0/proj`, ...) for weight import.
@@ -17,17 +18,32 @@ import jax.numpy as jnp
 from ldm_jax.nn import layers
 
 Dtype = Any
-IMPLEMENTATIONS = ("xla", "cudnn")
+IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+# cuDNN's fused flash attention: half-precision operands, head sizes up to 128 in steps of 8.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def resolve(implementation: str | None, q, k) -> str | None:
+  """The kernel `implementation` means for these operands: 'auto' -> 'cudnn' where cuDNN's
+  flash kernel applies (a GPU backend, bf16/fp16, head size a multiple of 8 up to 128, q and k
+  of one dtype), else 'xla'; any other value is returned as it is (checked)."""
+  if implementation not in (None, *IMPLEMENTATIONS):
+    raise ValueError(f"attention_impl={implementation!r}: expected one of "
+                     f"{IMPLEMENTATIONS} (or None to let JAX choose).")
+  if implementation != "auto":
+    return implementation
+  head_dim = q.shape[-1]
+  fits = (jax.default_backend() == "gpu" and q.dtype in CUDNN_DTYPES and k.dtype == q.dtype
+          and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM)
+  return "cudnn" if fits else "xla"
 
 
 def dot_product_attention(q, k, v, implementation: str | None = "xla", *,
                           is_causal: bool = False):
   """Softmax(q k^T / sqrt(d)) v for (batch, length, heads, head_dim) arrays; `is_causal`:
   position i attends to positions <= i only (CLIP's text transformer)."""
-  if implementation not in (None, *IMPLEMENTATIONS):
-    raise ValueError(f"attention_impl={implementation!r}: expected one of "
-                     f"{IMPLEMENTATIONS} (or None to let JAX choose).")
-  return jax.nn.dot_product_attention(q, k, v, implementation=implementation,
+  return jax.nn.dot_product_attention(q, k, v, implementation=resolve(implementation, q, k),
                                       is_causal=is_causal)
 
 
