@@ -115,6 +115,10 @@ def run(config: ml_collections.ConfigDict) -> dict:
   bench = config.benchmark
   mesh = sharding.create_mesh(config.get("mesh"))
   devices = list(mesh.devices.flat)
+  if int(bench.batch_size) % len(devices):
+    raise ValueError(f"benchmark.batch_size={bench.batch_size} does not split over the "
+                     f"mesh's {len(devices)} devices {dict(mesh.shape)}: give a multiple of "
+                     f"{len(devices)} (--batch_size) or a smaller mesh (--mesh).")
   kind, backend = devices[0].device_kind, devices[0].platform
   record = dict(
       point=bench.point, date=datetime.date.today().isoformat(), device_kind=kind,
