@@ -23,7 +23,8 @@ flags.DEFINE_list("measure", None, "Measurements to take (default: the point's).
 flags.DEFINE_integer("batch_size", None, "Global batch.")
 flags.DEFINE_integer("image_size", None, "Image side in pixels.")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_bool("remat", None, "Rematerialise blocks.")
+flags.DEFINE_string("remat", None, "Rematerialise blocks: false, true (= full), full, dots, "
+                    "dots_no_batch (ldm_jax/nn/remat.py).")
 flags.DEFINE_string("attention_impl", None, "xla or cudnn.")
 flags.DEFINE_string("mesh", None, "data,fsdp sizes, e.g. -1,1 or 2,4.")
 flags.DEFINE_integer("steps", None, "Timed steps.")
@@ -40,7 +41,10 @@ def main(argv):
   from ldm_jax.benchmark import run  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   with config.unlocked():
-    for name in ("compare", "batch_size", "image_size", "dtype", "remat", "attention_impl",
+    if FLAGS.remat is not None:
+      value = FLAGS.remat.lower()
+      config.benchmark.remat = {"true": True, "false": False}.get(value, value)
+    for name in ("compare", "batch_size", "image_size", "dtype", "attention_impl",
                  "steps", "warmup", "sampling_steps", "guidance_scale"):
       if FLAGS[name].value is not None:
         config.benchmark[name] = FLAGS[name].value

@@ -85,7 +85,7 @@ def get_config(arg=None):
       point=variant.point + (f":sd{variant.sd}" if variant.point.startswith("sd_") else "")
       + (":tiny" if tiny else ""), measure=measures,
       batch_size=8 if tiny else 16, image_size=image_size,
-      dtype="float32" if tiny else "bfloat16", remat=False, attention_impl="auto",
+      dtype="float32" if tiny else "bfloat16", remat="none", attention_impl="auto",
       warmup=2, steps=5 if tiny else 20, sampling_steps=4 if tiny else 50,
       guidance_scale=1.0, context_tokens=tokens, compare=""))
   return config

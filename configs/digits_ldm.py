@@ -47,7 +47,7 @@ def get_config(arg=None):
       num_res_blocks=2, attention_resolutions=(2,), num_heads=4, num_head_channels=-1,
       use_spatial_transformer=True, transformer_depth=1, context_dim=None,
       linear_projection=False, num_classes=None, scale_shift=False, dropout=0.0,
-      dtype="float32", param_dtype="float32", remat=False, attention_impl="xla"))
+      dtype="float32", param_dtype="float32", remat="none", attention_impl="auto"))
   conditioner, conditioning = None, dict(type="none")
   if variant.cond == "class":
     conditioning = dict(type="class", num_classes=10, dropout=0.1,
@@ -62,7 +62,7 @@ def get_config(arg=None):
     conditioning = dict(type="text", dropout=0.1)  # Byte tokenizer: nothing to download.
     conditioner = ml_collections.ConfigDict(dict(
         type="text", vocab_size=259, max_length=32, width=64, depth=2, heads=4,
-        head_dim=None, mlp_ratio=4, dropout=0.0, attention_impl="xla",
+        head_dim=None, mlp_ratio=4, dropout=0.0, attention_impl="auto",
         dtype="float32", param_dtype="float32"))
     unet.context_dim = 64
   config = common.ldm_stage_config(unet, conditioner=conditioner, **conditioning)

@@ -25,7 +25,7 @@ def get_config(arg=None):
   if variant.arch not in ARCHS:
     raise ValueError(f"configs/digits_simple_diffusion.py:arch={variant.arch!r}: expected one "
                      f"of {ARCHS}.")
-  execution = dict(dtype="float32", param_dtype="float32", remat=False, attention_impl="xla")
+  execution = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="auto")
   if variant.arch == "uvit":
     # 16x16 (8x8 digits upscaled) -> a 2x2 patching stem -> two ResBlocks at 64 channels
     # at 8x8 -> 4x4 = 16 tokens through 4 transformer blocks 128 wide. (A 1x1 stem, ResBlocks

@@ -23,7 +23,7 @@ def get_config(arg=None):
   # The paper's 1.45B model: a 32-layer, 1280-wide transformer over 77 tokens.
   encoder = ml_collections.ConfigDict(dict(
       type="text", vocab_size=259, max_length=77, width=1280, depth=32, heads=8,
-      head_dim=64, mlp_ratio=4, dropout=0.0, attention_impl="xla", dtype="float32",
+      head_dim=64, mlp_ratio=4, dropout=0.0, attention_impl="auto", dtype="float32",
       param_dtype="float32"))
   config = common.ldm_stage_config(unet, autoencoder=architectures.sd_kl_f8(),
                                    conditioner=encoder, type="text", dropout=0.1)

@@ -11,6 +11,7 @@ import ml_collections
 
 from ldm_jax.benchmark import jax_steps
 from ldm_jax.benchmark import measure
+from ldm_jax.nn import remat as remat_lib
 from ldm_jax.parallel import sharding
 
 COMPARES = ("", "diffusers", "diffusers_compile")
@@ -27,6 +28,7 @@ def apply_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     raise ValueError(f"benchmark.dtype={bench.dtype!r}: expected 'float32' or 'bfloat16'.")
   if bench.compare not in COMPARES:
     raise ValueError(f"benchmark.compare={bench.compare!r}: expected one of {COMPARES}.")
+  remat_lib.policy_name(bench.remat)  # Checked here, before anything builds.
   if int(bench.steps) < 1 or int(bench.warmup) < 0:
     raise ValueError(f"benchmark.steps={bench.steps}, warmup={bench.warmup}: expected >= 1 "
                      f"timed steps and >= 0 warm-up steps.")
@@ -34,7 +36,7 @@ def apply_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   for name in ("network", "autoencoder"):
     block = config.get(name)
     if block is not None:
-      block.update(dtype=bench.dtype, remat=bool(bench.remat),
+      block.update(dtype=bench.dtype, remat=bench.remat,
                    attention_impl=bench.attention_impl)
   if config.get("data") is not None:  # (autoencoder.resolution stays: it places attention.)
     config.data.image_size = int(bench.image_size)
@@ -125,7 +127,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
       platform=backend, num_devices=len(devices),
       mesh={k: int(v) for k, v in mesh.shape.items()}, jax_version=jax.__version__,
       host=platform_lib.node(), batch_size=int(bench.batch_size),
-      image_size=int(bench.image_size), dtype=bench.dtype, remat=bool(bench.remat),
+      image_size=int(bench.image_size), dtype=bench.dtype, remat=bench.remat,
       attention_impl=bench.attention_impl, timed_steps=int(bench.steps),
       warmup_steps=int(bench.warmup), sampling_steps=int(bench.sampling_steps),
       compare=bench.compare or None, measurements={})

@@ -43,7 +43,7 @@ def _bench(name, point, *flags_, timeout_s, min_s, fallback=()):
                fallback=fallback)
 
 
-_FALLBACK = ("--remat", "--attention_impl=xla")
+_FALLBACK = ("--remat=full", "--attention_impl=xla")
 
 
 _GPU_TESTS = ("-m", "gpu", "tests/nn/attention_test.py", "tests/benchmark/gpu_test.py")

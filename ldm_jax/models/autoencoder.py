@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ldm_jax.models.distributions import DiagonalGaussian
 from ldm_jax.nn import attention
 from ldm_jax.nn import layers
+from ldm_jax.nn import remat as remat_lib
 
 Dtype = Any
 GROUPS, EPSILON = 32, 1e-6
@@ -29,13 +30,13 @@ class _Coder(nn.Module):
   resolution: int = 256
   dropout: float = 0.0
   deterministic: bool = True
-  remat: bool = False
+  remat: bool | str = False  # See nn/remat.py.
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def res(self, channels, name):
-    block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
+    block = remat_lib.wrap(layers.ResBlock, self.remat)
     return block(channels, groups=GROUPS, epsilon=EPSILON, dropout=self.dropout,
                  deterministic=self.deterministic, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=name)

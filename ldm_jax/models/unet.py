@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from ldm_jax.nn import attention
 from ldm_jax.nn import layers
+from ldm_jax.nn import remat as remat_lib
 
 Dtype = Any
 
@@ -49,7 +50,7 @@ class UNet(nn.Module):
   logsnr_input: bool = False
   groups: int = 32
   deterministic: bool = True
-  remat: bool = False
+  remat: bool | str = False  # See nn/remat.py.
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -72,7 +73,7 @@ class UNet(nn.Module):
     return 0.0
 
   def _res(self, channels, name, level):
-    block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
+    block = remat_lib.wrap(layers.ResBlock, self.remat)
     return block(channels, groups=self.groups, epsilon=1e-5, dropout=self._dropout(level),
                  scale_shift=self.scale_shift, zero_init_out=True,
                  deterministic=self.deterministic, dtype=self.dtype,
@@ -83,14 +84,12 @@ class UNet(nn.Module):
     kw = dict(zero_init_out=True, attention_impl=self.attention_impl, dtype=self.dtype,
               param_dtype=self.param_dtype, name=name)
     if self.use_spatial_transformer:
-      block = nn.remat(attention.SpatialTransformer) if self.remat else (
-          attention.SpatialTransformer)
+      block = remat_lib.wrap(attention.SpatialTransformer, self.remat)
       return block(heads, head_dim, depth=self.transformer_depth,
                    linear_projection=self.linear_projection, groups=self.groups,
                    dropout=self._dropout(level), deterministic=self.deterministic,
                    **kw)(h, context)
-    block = nn.remat(attention.SpatialSelfAttention) if self.remat else (
-        attention.SpatialSelfAttention)
+    block = remat_lib.wrap(attention.SpatialSelfAttention, self.remat)
     return block(heads=heads, groups=self.groups, epsilon=1e-5, **kw)(h)
 
   @nn.compact

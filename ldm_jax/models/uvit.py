@@ -38,6 +38,7 @@ import numpy as np
 
 from ldm_jax.nn import attention
 from ldm_jax.nn import layers
+from ldm_jax.nn import remat as remat_lib
 from ldm_jax.nn import transformer
 from ldm_jax.nn import wavelet
 
@@ -79,7 +80,7 @@ class UViT(nn.Module):
   logsnr_input: bool = True
   groups: int = 32
   deterministic: bool = True
-  remat: bool = False
+  remat: bool | str = False  # See nn/remat.py.
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -112,7 +113,7 @@ class UViT(nn.Module):
       raise ValueError("UViT: a context was given but context_dim is None.")
 
   def _res(self, h, emb, channels, name):
-    block = nn.remat(layers.ResBlock) if self.remat else layers.ResBlock
+    block = remat_lib.wrap(layers.ResBlock, self.remat)
     return block(channels, groups=self.groups, epsilon=1e-5, dropout=self.res_dropout,
                  scale_shift=True, zero_init_out=True, deterministic=self.deterministic,
                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)(h, emb)
@@ -122,8 +123,7 @@ class UViT(nn.Module):
     if channels % self.head_dim:
       raise ValueError(f"UViT: {channels} channels are not a multiple of head_dim="
                        f"{self.head_dim}.")
-    block = nn.remat(attention.SpatialSelfAttention) if self.remat else (
-        attention.SpatialSelfAttention)
+    block = remat_lib.wrap(attention.SpatialSelfAttention, self.remat)
     return block(heads=channels // self.head_dim, groups=self.groups, epsilon=1e-5,
                  zero_init_out=True, attention_impl=self.attention_impl, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=name)(h)

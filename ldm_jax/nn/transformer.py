@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from ldm_jax.nn import attention
 from ldm_jax.nn import layers
+from ldm_jax.nn import remat as remat_lib
 
 Dtype = Any
 
@@ -80,7 +81,7 @@ class Stack(nn.Module):
   heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
-  remat: bool = False
+  remat: bool | str = False  # See nn/remat.py.
   deterministic: bool = True
   attention_impl: str | None = "xla"
   dtype: Dtype = jnp.float32
@@ -90,7 +91,7 @@ class Stack(nn.Module):
   def __call__(self, x, emb=None, context=None):
     if self.depth < 1:
       raise ValueError(f"transformer depth={self.depth}: expected >= 1.")
-    block = nn.remat(_ScanBlock, prevent_cse=False) if self.remat else _ScanBlock
+    block = remat_lib.wrap(_ScanBlock, self.remat, prevent_cse=False)
     scanned = nn.scan(block, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.depth)

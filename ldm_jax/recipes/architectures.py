@@ -10,8 +10,8 @@ import ml_collections
 
 # Execution settings every model block carries, overridable on the command line, e.g.
 # --config.network.dtype=bfloat16 --config.network.attention_impl=cudnn
-# --config.network.remat=True
-EXECUTION = dict(dtype="float32", param_dtype="float32", remat=False, attention_impl="xla")
+# --config.network.remat=dots (a named policy: ldm_jax/nn/remat.py)
+EXECUTION = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="auto")
 
 
 def _unet(**kw) -> ml_collections.ConfigDict:
@@ -92,7 +92,7 @@ def ldm_cin256_v2_class_embedder():
 def _clip_text(**kw) -> ml_collections.ConfigDict:
   base = dict(type="clip", vocab_size=49408, max_length=77, width=768, depth=12, heads=12,
               mlp_width=3072, activation="quick_gelu", output_layer=-1, final_norm=True,
-              causal=True, attention_impl="xla", dtype="float32", param_dtype="float32")
+              causal=True, attention_impl="auto", dtype="float32", param_dtype="float32")
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -117,7 +117,7 @@ def ldm_bert():
   attention mask; trained jointly with the UNet (conditioning.type='text')."""
   return ml_collections.ConfigDict(dict(
       type="text", vocab_size=30522, max_length=77, width=1280, depth=32, heads=8,
-      head_dim=64, mlp_ratio=4, dropout=0.0, attention_impl="xla", dtype="float32",
+      head_dim=64, mlp_ratio=4, dropout=0.0, attention_impl="auto", dtype="float32",
       param_dtype="float32"))
 
 

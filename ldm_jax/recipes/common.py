@@ -265,8 +265,8 @@ def shrink_ldm_stage(config: ml_collections.ConfigDict, *, image_size: int = 16)
     config.autoencoder = ml_collections.ConfigDict(dict(
         type="kl", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
         resolution=image_size, in_channels=ae_channels, out_ch=ae_channels, z_channels=4,
-        embed_dim=4, dropout=0.0, dtype="float32", param_dtype="float32", remat=False,
-        attention_impl="xla"))
+        embed_dim=4, dropout=0.0, dtype="float32", param_dtype="float32", remat="none",
+        attention_impl="auto"))
     config.first_stage.update(source="random", path=None)
   latent = 4 if config.first_stage.source != "pixels" else ae_channels
   concat = config.network.in_channels - config.network.out_channels

@@ -44,6 +44,37 @@ def _nonfinite_names(metrics) -> list[str]:
   return [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
 
 
+class _FiniteWatch:
+  """nonfinite='stop' without a host round trip per step: each step's metrics (device
+  scalars) are kept and read together at the loop's sync points (logging, evaluation,
+  checkpoints, the end, or every CHECK_EVERY steps), and the first non-finite step since the
+  last read is reported. Its update, like every non-finite one, was not applied (the step's
+  guard), and no checkpoint is written before the read."""
+  CHECK_EVERY = 100
+
+  def __init__(self, enabled: bool, directory: str):
+    self.enabled, self.directory, self.pending = enabled, directory, []
+
+  def add(self, step: int, metrics) -> None:
+    if self.enabled:
+      self.pending.append((step, metrics))
+      if len(self.pending) >= self.CHECK_EVERY:
+        self.check(step)
+
+  def check(self, now: int) -> None:
+    if not self.pending:
+      return
+    flags = jax.device_get([metrics["finite"] for _, metrics in self.pending])
+    for (step, metrics), ok in zip(self.pending, flags):
+      if not ok:
+        bad = _nonfinite_names(jax.device_get(metrics))
+        raise NonFiniteError(
+            f"Step {step}: non-finite {', '.join(bad) or 'gradients'} (seen at step {now}); "
+            f"the update was not applied and the last good checkpoint in {self.directory} "
+            f"is kept. Set nonfinite='skip' to drop such updates and continue.")
+    self.pending.clear()
+
+
 def evaluate(stage, state, config, mesh, eval_step, *, writer=None, step=None,
              max_batches=None, abandon=None):
   """Averages the stage's per-example eval metrics over the whole eval split; None when
@@ -147,6 +178,7 @@ def _train_and_evaluate(config, workdir, preemption):
     abandon = (lambda: preemption.requested) if jax.process_count() == 1 else None
 
     step = int(jax.device_get(state.step))
+    watch = _FiniteWatch(config.get("nonfinite", "skip") == "stop", manager.directory)
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)]
     compiled = None
     while step < config.num_steps:
@@ -161,20 +193,17 @@ def _train_and_evaluate(config, workdir, preemption):
           logging.warning("Stopped after compiling, at step %d, after SIGTERM; its checkpoint "
                           "(if any) is kept. Rerun the same command to go on.", step)
           break
-      state, metrics = compiled(state, batch, consts)
+      state, metrics = compiled(state, batch, consts)  # Dispatched: nothing waits for it.
       step += 1
-      if config.get("nonfinite", "skip") == "stop" and not bool(metrics["finite"]):
-        bad = _nonfinite_names(jax.device_get(metrics))
-        raise NonFiniteError(
-            f"Step {step}: non-finite {', '.join(bad) or 'gradients'}; the update was not "
-            f"applied and the last good checkpoint in {manager.directory} is kept. Set "
-            f"nonfinite='skip' to drop such updates and continue.")
+      watch.add(step, metrics)
       for hook in hooks:
         hook(step)
       if step % config.log_every == 0 or step == config.num_steps:
+        watch.check(step)
         writer.write_scalars(step, jax.device_get(
             {**metrics, "skipped_updates": state.skipped}))
       if step % config.eval_every == 0 or step == config.num_steps:
+        watch.check(step)
         results = evaluate(stage, state, config, mesh, eval_step, writer=writer, step=step,
                            abandon=abandon)
         if results is not None:
@@ -187,6 +216,7 @@ def _train_and_evaluate(config, workdir, preemption):
           eval_metrics = {**eval_metrics, **measured}
       stopping = _stop_after(preemption, step)
       if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
+        watch.check(step)
         checkpoint.save(manager, step, state, train_iter, config, force=True)
       if stopping:
         logging.warning("Stopped at step %d after SIGTERM (saved); rerun the same command to "

@@ -84,6 +84,6 @@ def test_section_reports_failures_skips_and_retries():
   assert "## gpu plan, 2026-12-04: NVIDIA H200" in text and "jax 0.11.2" in text
   assert ("| sd2_512_unet_step | unet_step | 32 | 512 | auto | 250.0 (240.0-260.0) | 128.00 "
           "| 400.0 | 40.4% | 61.0 | 40.0 | 100.00 | 1.28 |") in text
-  assert "first try failed (exit 1); this row is the retry with --remat" in text
+  assert "first try failed (exit 1); this row is the retry with --remat=full" in text
   assert "- uvit: skipped (12 s of the budget left, needs 60)" in text
   assert "- gpu_tests: ok (40.0 s)" in text

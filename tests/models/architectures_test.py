@@ -89,9 +89,9 @@ def test_architectures_as_config_file():
 
 def test_execution_settings_reach_the_module():
   c = architectures.sd_v1_unet()
-  c.dtype, c.attention_impl, c.remat = "bfloat16", "cudnn", True
+  c.dtype, c.attention_impl, c.remat = "bfloat16", "cudnn", "dots"
   unet = networks.build(c)
-  assert (unet.dtype, unet.attention_impl, unet.remat) == (jax.numpy.bfloat16, "cudnn", True)
+  assert (unet.dtype, unet.attention_impl, unet.remat) == (jax.numpy.bfloat16, "cudnn", "dots")
   c.dtype = "float8"
   with pytest.raises(ValueError, match="dtype='float8'"):
     networks.build(c)

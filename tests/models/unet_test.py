@@ -40,11 +40,12 @@ def test_bfloat16_compute_keeps_float32_params(params):
   assert error < 5e-2, error
 
 
-def test_remat_changes_nothing_but_memory(params):
+@pytest.mark.parametrize("policy", [True, "dots", "dots_no_batch"])
+def test_remat_changes_nothing_but_memory(params, policy):
   x, t, context = _inputs()
   loss = lambda model: jax.jit(jax.grad(
       lambda p: jnp.mean(model.apply({"params": p}, x, t, context) ** 2)))(params)
-  plain, remat = loss(UNet(**SMALL)), loss(UNet(**SMALL, remat=True))
+  plain, remat = loss(UNet(**SMALL)), loss(UNet(**SMALL, remat=policy))
   # Recomputing reorders float32 rounding only, but small leaves carry the rounding of large
   # ones: attention q/k kernels (gradients ~2e-4, through a softmax) differ by up to 1.4e-5 of
   # their own scale, 1.3e-7 of the largest gradient (8e-9 at XLA's default optimisation
@@ -52,6 +53,11 @@ def test_remat_changes_nothing_but_memory(params):
   largest = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(plain))
   for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * largest)
+
+
+def test_unknown_remat_policy_is_named(params):
+  with pytest.raises(ValueError, match=r"remat='dot': expected False/True or one of"):
+    UNet(**SMALL, remat="dot").apply({"params": params}, *_inputs())
 
 
 @pytest.mark.parametrize("bad,message", [

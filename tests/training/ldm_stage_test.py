@@ -179,7 +179,7 @@ def test_config_errors():
 
 
 def test_bf16_compute_with_remat_keeps_float32_parameters_and_ema():
-  stage = _stage(**{"network.dtype": "bfloat16", "network.remat": True})
+  stage = _stage(**{"network.dtype": "bfloat16", "network.remat": "full"})
   state = stage.init_state(jax.random.key(0))
   state, metrics = jax.jit(stage.train_step)(state, _batch(stage), stage.constants)
   assert bool(metrics["finite"])

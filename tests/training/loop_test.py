@@ -122,7 +122,8 @@ def test_nonfinite_guard_skip_and_stop(data_dir, tmp_path):
   _assert_trees_equal(_params(initial)["generator"]["autoencoder"],
                       _params(state)["generator"]["autoencoder"])
   config.nonfinite = "stop"
-  with pytest.raises(loop.NonFiniteError, match=r"Step 1: non-finite .*last good"):
+  with pytest.raises(loop.NonFiniteError,
+                     match=r"Step 1: non-finite .*\(seen at step \d\).*last good"):
     loop.train_and_evaluate(config, str(tmp_path / "stop"))
   assert not os.listdir(tmp_path / "stop" / "checkpoints")
 
