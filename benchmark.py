@@ -2,10 +2,11 @@
 
   python benchmark.py --config=configs/benchmark.py:point=sd_unet_256 --json=out.json
   python benchmark.py --config=configs/benchmark.py:point=kl_f8,tiny --compare=diffusers
+  python benchmark.py --data=jpeg_folder,latent_cache,bsrgan --batch_size=32
 
 Measures what `config.benchmark.measure` names (see ldm_jax/benchmark/jax_steps.py); with
 --compare=diffusers also the same UNet / VAE step in diffusers, alternating call by call.
-Needs no TensorFlow and no data.
+Needs no TensorFlow and no data (except --data, the input pipelines' throughput).
 """
 
 import json
@@ -31,13 +32,24 @@ flags.DEFINE_integer("steps", None, "Timed steps.")
 flags.DEFINE_integer("warmup", None, "Untimed steps before them.")
 flags.DEFINE_integer("sampling_steps", None, "Sampler steps of a `sampling` measurement.")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance of `sampling`.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_list("data", None, "Instead of a model point: input-pipeline throughput of "
+                  "jpeg_folder, latent_cache, bsrgan (ldm_jax/benchmark/data.py; TensorFlow).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.data:
+    from ldm_jax.benchmark import data  # pylint: disable=import-outside-toplevel
+    results = data.run(FLAGS.data, batch_size=FLAGS.batch_size or 32,
+                       batches=FLAGS.steps or 20)
+    print(data.table(results))
+    _write(FLAGS.json, {"data": [r.as_dict() for r in results]})
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config=configs/benchmark.py:point=NAME (or --data=...) is "
+                         "required.")
   from ldm_jax.benchmark import run  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   with config.unlocked():
@@ -57,10 +69,14 @@ def main(argv):
       config.mesh.update(data=int(sizes[0]), fsdp=int(sizes[1]))
   record = run.run(config)
   print(run.table(record))
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
+  _write(FLAGS.json, record)
+
+
+def _write(path, record) -> None:
+  if path:
+    with open(path, "w") as f:
       json.dump(record, f, indent=1)
-    print(f"wrote {FLAGS.json}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 import pytest
 from sklearn.datasets import load_digits
@@ -94,6 +95,12 @@ def test_image_folder_labels_captions_formats(photo_folder, tmp_path):
   assert gray.shape == (200, 300, 3)
   np.testing.assert_array_equal(gray[..., 1], skimage.data.camera()[:200, :300])
   assert builder.info.metadata["min_side"] == 200
+  # RGB JPEGs and PNGs without an EXIF rotation are stored as the files' own bytes (small,
+  # and decoded by tf.data's JPEG decoder, not re-encoded as PNG).
+  raw = {e["filename"].decode(): e["image"] for e in builder.as_dataset(
+      split="train", decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator()}
+  for name in ("things/coffee.jpg", "people/astronaut.png"):
+    assert raw[name] == (photo_folder / name).read_bytes(), name
   # A second load reads the prepared copy.
   assert sources.load_builder(config).data_dir == builder.data_dir
 
