@@ -79,6 +79,10 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: DataIterato
 STRUCTURAL_BLOCKS = ("stage", "autoencoder", "network", "conditioner", "conditioning.type",
                      "conditioning.class_input", "conditioning.num_classes",
                      "diffusion.learn_logvar", "diffusion.num_timesteps")
+# Model-block fields that change how a step computes, not the parameters: a run may resume
+# with bf16 compute, another remat policy or attention kernel (older runs saved
+# remat=False and attention_impl='xla', today's defaults are 'none' and 'auto').
+EXECUTION_ONLY = ("dtype", "remat", "attention_impl")
 
 
 # Optimiser fields that shape its state: adam and adamw chain different transforms, clipping
@@ -99,6 +103,8 @@ def _get(tree: dict, dotted: str):
     if not isinstance(tree, dict):
       return None
     tree = tree.get(name)
+  if dotted in ("autoencoder", "network", "conditioner") and isinstance(tree, dict):
+    tree = {k: v for k, v in tree.items() if k not in EXECUTION_ONLY}
   return _PRESENCE_FIELDS[dotted](tree) if dotted in _PRESENCE_FIELDS else tree
 
 
