@@ -270,8 +270,9 @@ def _inference(config, mesh, fn, inputs) -> Program:
   example = factory.autoencoder_example_inputs(config.autoencoder)
   params, _ = _init_sharded(lambda rng: model.init(rng, *example)["params"], mesh,
                             jax.random.key(0))
-  jitted = jax.jit(lambda p, x: fn(model, p, x), in_shardings=(None, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.batch_sharding(mesh))
+  batch = sharding.batch_sharding(mesh)
+  jitted = jax.jit(lambda p, x: fn(model, p, x), in_shardings=(None, batch),
+                   out_shardings=batch)
   return Program(jitted, (params, jax.device_put(inputs, sharding.batch_sharding(mesh))),
                  False, _count(params))
 

@@ -156,36 +156,34 @@ def _inference_dtype(torch, config):
   return torch.bfloat16 if config.benchmark.dtype == "bfloat16" else torch.float32
 
 
-def vae_encode(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+def _vae_inference(config, platform: str, compile: bool, method: str, inputs,  # pylint: disable=redefined-builtin
+                   output) -> TorchStep:
+  """The VAE's `method` ('encode' / 'decode') on `inputs` (NHWC NumPy), without gradients;
+  `output` picks the tensor of its result."""
   torch, diffusers = _torch()
   device, dtype = _device(torch, platform), _inference_dtype(torch, config)
   model = _vae(config, diffusers).to(device=device, dtype=dtype).eval()
-  encode = _maybe_compile(torch, model.encode, compile)
-  images = _nchw(torch, jax_steps.vae_inputs(config, int(config.benchmark.batch_size)),
-                 device).to(dtype)
+  fn = _maybe_compile(torch, getattr(model, method), compile)
+  x = _nchw(torch, inputs, device).to(dtype)
 
   @torch.no_grad()
   def step():
-    return encode(images).latent_dist.mean
+    return output(fn(x))
 
   return TorchStep(step, _sync(torch, device), sum(p.numel() for p in model.parameters()),
                    device)
+
+
+def vae_encode(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
+  return _vae_inference(config, platform, compile, "encode",
+                        jax_steps.vae_inputs(config, int(config.benchmark.batch_size)),
+                        lambda out: out.latent_dist.mean)
 
 
 def vae_decode(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin
-  torch, diffusers = _torch()
-  device, dtype = _device(torch, platform), _inference_dtype(torch, config)
-  model = _vae(config, diffusers).to(device=device, dtype=dtype).eval()
-  decode = _maybe_compile(torch, model.decode, compile)
-  latents = _nchw(torch, jax_steps.vae_latents(config, int(config.benchmark.batch_size)),
-                  device).to(dtype)
-
-  @torch.no_grad()
-  def step():
-    return decode(latents).sample
-
-  return TorchStep(step, _sync(torch, device), sum(p.numel() for p in model.parameters()),
-                   device)
+  return _vae_inference(config, platform, compile, "decode",
+                        jax_steps.vae_latents(config, int(config.benchmark.batch_size)),
+                        lambda out: out.sample)
 
 
 def sampling(config, platform: str, compile: bool = False) -> TorchStep:  # pylint: disable=redefined-builtin

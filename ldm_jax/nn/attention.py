@@ -1,11 +1,12 @@
 """Self- and cross-attention and the SpatialTransformer, on `jax.nn.dot_product_attention`.
 
 `attention_impl` picks the kernel: 'xla' (any backend), 'cudnn' (flash attention on NVIDIA
-GPUs, bf16/fp16 only) or 'auto' (cuDNN where it applies: a GPU backend, bf16/fp16 operands and
-a head size cuDNN's flash kernel takes; XLA otherwise). Either way q k^T is accumulated and soft-maxed in float32
-whatever the compute dtype: what Stable Diffusion 2.1's `upcast_attention` asks of fp16
-inference (tests/nn/attention_test.py). Submodule names follow diffusers (`to_q`, `to_out_0`,
-`transformer_blocks_0`, `ff/net_0/proj`, ...) for weight import.
+GPUs, bf16/fp16 only) or 'auto' (cuDNN where it applies: a GPU backend, bf16/fp16 operands
+and a head size cuDNN's flash kernel takes; XLA otherwise). Either way q k^T is accumulated
+and soft-maxed in float32 whatever the compute dtype: what Stable Diffusion 2.1's
+`upcast_attention` asks of fp16 inference (tests/nn/attention_test.py). Submodule names follow
+diffusers (`to_q`, `to_out_0`, `transformer_blocks_0`, `ff/net_0/proj`, ...) for weight
+import.
 """
 
 from typing import Any
