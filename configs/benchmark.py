@@ -22,7 +22,6 @@
 
 import ml_collections
 
-from configs import architectures
 from configs import autoencoder_kl_f8
 from configs import common
 from configs import ldm_celebahq256
