@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ldm_jax.nn import group_norm as group_norm_lib
+
 Dtype = Any
 
 # PyTorch's default initialisation of Conv2d / Linear weights (kaiming_uniform, a=sqrt(5)).
@@ -58,13 +60,8 @@ class GroupNorm(nn.Module):
                        f"{self.groups} groups.")
     scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    grouped = x32.reshape(*x.shape[:-1], self.groups, channels // self.groups)
-    axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    mean = grouped.mean(axis=axes, keepdims=True)
-    var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
-    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    out = normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    out = group_norm_lib.group_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
+                                    bias.astype(jnp.float32), self.groups, self.epsilon)
     return out.astype(self.dtype)
 
 
