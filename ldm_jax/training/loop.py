@@ -4,6 +4,7 @@ The stage (autoencoder here, LDM next) supplies pure functions; this file owns t
 the sharded state, jit, checkpoints, preemption, metrics and evaluation.
 """
 
+import collections
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from ldm_jax.training import preemption as preemption_lib
 from ldm_jax.training import stages
 
 NONFINITE_MODES = ("skip", "stop")
+STEPS_AHEAD = 2  # config.steps_ahead when unset.
 
 
 class NonFiniteError(FloatingPointError):
@@ -34,6 +36,10 @@ class NonFiniteError(FloatingPointError):
 def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.get("nonfinite", "skip") not in NONFINITE_MODES:
     raise ValueError(f"nonfinite={config.nonfinite!r}: expected one of {NONFINITE_MODES}.")
+  ahead = config.get("steps_ahead", STEPS_AHEAD)
+  if not isinstance(ahead, int) or ahead < 0:
+    raise ValueError(f"steps_ahead={ahead!r}: expected how many steps the host may dispatch "
+                     "ahead of the device (an integer >= 0; 0 waits for every step).")
   for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
     if int(config[key]) < 1:
       raise ValueError(f"{key}={config[key]}: expected a positive number of steps.")
@@ -180,6 +186,11 @@ def _train_and_evaluate(config, workdir, preemption):
     watch = _FiniteWatch(config.get("nonfinite", "skip") == "stop", manager.directory)
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer)]
     compiled = None
+    # The host dispatches steps ahead of the device: while step i runs, the batches of steps
+    # up to i + steps_ahead are read, transferred and queued. Waiting on step i's outputs
+    # once step i + steps_ahead is dispatched bounds the batches held on the devices.
+    in_flight = collections.deque()
+    steps_ahead = int(config.get("steps_ahead", STEPS_AHEAD))
     while step < config.num_steps:
       batch = stage.prepare(next(train_iter), mesh)
       if compiled is None:
@@ -194,6 +205,9 @@ def _train_and_evaluate(config, workdir, preemption):
           break
       state, metrics = compiled(state, batch, consts)  # Dispatched: nothing waits for it.
       step += 1
+      in_flight.append(metrics)
+      if len(in_flight) > steps_ahead:
+        jax.block_until_ready(in_flight.popleft())
       watch.add(step, metrics)
       for hook in hooks:
         hook(step)

@@ -1,14 +1,18 @@
 """The training engine end to end on tiny autoencoder configs (8 CPU devices)."""
 
 import importlib
+import itertools
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import io_callback
 import numpy as np
 import pytest
 
+from ldm_jax.data import pipeline
 from ldm_jax.training import checkpoint
 from ldm_jax.training import loop
 from ldm_jax.training import stages
@@ -128,10 +132,64 @@ def test_nonfinite_guard_skip_and_stop(data_dir, tmp_path):
   assert not os.listdir(tmp_path / "stop" / "checkpoints")
 
 
+@pytest.mark.slow
+def test_host_runs_steps_ahead_of_the_device(straight_autoencoder_run, data_dir, tmp_path,
+                                             monkeypatch):
+  """While the device runs step i, the loop has read (and dispatched) the batches of steps
+  up to i + steps_ahead and no further, and the result is the straight run's bit for bit.
+
+  Each step's batch passes through a host callback on the device that holds the step until
+  the host has read i + steps_ahead batches (or 60 s: a loop that waited for every step
+  would never get there) and 0.3 s more, then records how many it had read."""
+  ahead, sync_free = 2, 1000  # No logging, evaluation or checkpoint before the end.
+  config = runs.autoencoder_config(data_dir, steps_ahead=ahead, log_every=sync_free,
+                                   eval_every=sync_free, checkpoint_every=sync_free)
+  iterators, seen = [], {}
+  create_iterator = pipeline.create_iterator
+
+  def recording_iterator(*args, train=True, **kwargs):
+    iterator = create_iterator(*args, train=train, **kwargs)
+    if train:
+      iterators.append(iterator)
+    return iterator
+
+  def hold(i):
+    i, deadline = int(i), time.monotonic() + 60
+    target = min(i + ahead, runs.STEPS)
+    while iterators[0].batches_yielded < target and time.monotonic() < deadline:
+      time.sleep(0.005)
+    time.sleep(0.3)  # Time for a host not held back to read further.
+    seen[i] = iterators[0].batches_yielded
+    return np.int32(0)
+
+  compile_step = loop._compile_train_step  # pylint: disable=protected-access
+
+  def held_step(train_step, state, batch, consts):
+    compiled = compile_step(train_step, state, batch, consts)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def gate(batch, i):
+      token = io_callback(hold, jax.ShapeDtypeStruct((), jnp.int32), i, sharding=device)
+      return jax.lax.optimization_barrier((batch, token))[0]
+
+    gate = jax.jit(gate, out_shardings=jax.tree.map(lambda x: x.sharding, batch))
+    count = itertools.count(1)
+    return lambda state, batch, consts: compiled(state, gate(batch, next(count)), consts)
+
+  monkeypatch.setattr(pipeline, "create_iterator", recording_iterator)
+  monkeypatch.setattr(loop, "_compile_train_step", held_step)
+  state, _ = loop.train_and_evaluate(config, str(tmp_path))
+  assert seen == {i: min(i + ahead, runs.STEPS) for i in range(1, runs.STEPS + 1)}
+  runs.assert_same_state(straight_autoencoder_run[1], state)
+
+
 def test_config_errors(data_dir, tmp_path):
   config = _config("autoencoder_kl_f4", data_dir)
   config.nonfinite = "ignore"
   with pytest.raises(ValueError, match="nonfinite='ignore'"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config = _config("autoencoder_kl_f4", data_dir, steps_ahead=-1)
+  with pytest.raises(ValueError, match="steps_ahead=-1: expected how many steps"):
     loop.train_and_evaluate(config, str(tmp_path))
   config = _config("autoencoder_kl_f4", data_dir, **{"loss.perceptual_weight": 1.0})
   with pytest.raises(ValueError, match="needs LPIPS weights.*lpips_convert"):
@@ -142,7 +200,6 @@ def test_evaluate_averages_over_the_real_examples_of_the_whole_split(data_dir):
   """clu Averages merged over every eval batch: the padding of the last batch counts for
   nothing (the digits eval split is not a multiple of the batch size)."""
   from clu import metrics as clu_metrics  # pylint: disable=import-outside-toplevel
-  from ldm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from ldm_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
   config = _config("digits_autoencoder", data_dir, eval_batches=None,
                    **{"data.batch_size": 48})
