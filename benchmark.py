@@ -5,7 +5,7 @@
   python benchmark.py --data=jpeg_folder,latent_cache,bsrgan --batch_size=32
 
 Measures what `config.benchmark.measure` names (see ldm_jax/benchmark/jax_steps.py); with
---compare=diffusers also the same UNet / VAE step in diffusers, alternating call by call.
+--compare=diffusers also the same UNet / VAE step in diffusers, in alternating rounds.
 Needs no TensorFlow and no data (except --data, the input pipelines' throughput).
 """
 
