@@ -30,7 +30,7 @@ fi
   echo "gpu.sh: $PYTHON lacks absl/ml_collections/clu/diffusers/torch; on a machine with a" \
        "package registry run 'make gpu-wheels' and carry $WHEELS with the tree."; exit 2; }
 
-# JAX and PyTorch share the device (the comparisons alternate call by call): JAX takes part
+# JAX and PyTorch share the device (the comparisons alternate in rounds): JAX takes part
 # of the memory up front, PyTorch's allocator grows into the rest.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.55}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
