@@ -5,8 +5,8 @@ position and the group's channels; PyTorch's GroupNorm). The backward is written
 than left to autodiff: one pass over [N, positions, C] reduces sum(dy) and sum(dy * (x - mean))
 to [N, C], the parameter gradients and the per-group terms come from those small arrays, and
 dx is one element-wise pass. Autodiff's version reduces the same large tensors several times
-(each reduction re-evaluating its element-wise producer); on XLA:CPU that made the
-GroupNorm gradients a third of the SD VAE's training step (benchmarks/RESULTS.md).
+(XLA:CPU fused each reduction with its element-wise producer, re-computing it): on a CPU that
+was 45% of the SD VAE's training step (benchmarks/RESULTS.md).
 """
 
 import functools

@@ -98,6 +98,9 @@ def training_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
       keep_period=config_dict.placeholder(int),  # Also keep every step divisible by this.
       async_save=True))
   config.nonfinite = "skip"  # Non-finite loss/grads: 'skip' the update or 'stop' the run.
+  # Steps the host may dispatch (reading and transferring their batches) ahead of the one
+  # the devices run; 0 waits for every step. Changes nothing computed.
+  config.steps_ahead = 2
   # Sample-quality evaluators by name (ldm_jax/training/evals.py), e.g. for an LDM run:
   #   config.evals.fid = ml_collections.ConfigDict(dict(type="fid", every=5000,
   #       num_samples=10_000, weights="inception_fid.npz"))

@@ -26,7 +26,7 @@ from ldm_jax.training import preemption as preemption_lib
 from ldm_jax.training import stages
 
 NONFINITE_MODES = ("skip", "stop")
-STEPS_AHEAD = 2  # config.steps_ahead when unset.
+STEPS_AHEAD = 2  # For a config without `steps_ahead` (recipes/common.py sets it).
 
 
 class NonFiniteError(FloatingPointError):
