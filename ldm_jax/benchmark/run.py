@@ -84,10 +84,12 @@ def _measure_one(name: str, config, mesh, devices, torch_step=None) -> dict:
   rounds = min(steps, ROUNDS) if torch_step is not None else 1
   for r in range(rounds):
     count = steps // rounds + (r < steps % rounds)
-    if torch_step is not None:
+    if torch_step is not None or (r == 0 and not int(bench.warmup)):
       jax.block_until_ready(call())
     ours += measure.time_calls(call, count)
-    if torch_call() is not None:  # Untimed, then timed.
+    seconds = torch_call()  # Untimed (diffusers' first call when there was no warm-up).
+    if seconds is not None:
+      torch_first_s = seconds if torch_first_s is None else torch_first_s
       theirs += [s for s in (torch_call() for _ in range(count)) if s is not None]
   timing = measure.Timing(
       compile_s, ours, None if per_device_flops is None else per_device_flops * len(devices),
@@ -96,6 +98,7 @@ def _measure_one(name: str, config, mesh, devices, torch_step=None) -> dict:
   out = measure.summarise(timing, batch=batch, num_devices=len(devices),
                           device_kind=devices[0].device_kind, dtype=bench.dtype)
   out["num_params"] = program.num_params
+  out["timing_rounds"] = rounds
   if torch_error:
     out["diffusers_note"] = torch_error
   elif torch_step is not None:

@@ -61,7 +61,7 @@ PLANS = {
                "--measure=unet_step", *_SD, timeout_s=160, min_s=80, fallback=_FALLBACK),
         _bench("sd2_512_sampling", "point=sd_unet_512,sd=2", "--batch_size=8",
                "--measure=sampling", "--sampling_steps=50", "--guidance_scale=7.5",
-               "--compare=diffusers", "--steps=2", "--warmup=1", timeout_s=150, min_s=70),
+               "--compare=diffusers", "--steps=2", "--warmup=0", timeout_s=150, min_s=70),
         _bench("sd_vae_512", "point=kl_f8", "--batch_size=8", "--image_size=512",
                "--measure=vae_encode,vae_decode", *_SD, timeout_s=100, min_s=40),
         _bench("cin256_unet_step", "point=cin256", "--batch_size=64",

@@ -7,9 +7,14 @@ to [N, C], the parameter gradients and the per-group terms come from those small
 dx is one element-wise pass. Autodiff's version reduces the same large tensors several times
 (XLA:CPU fused each reduction with its element-wise producer, re-computing it): on a CPU that
 was 45% of the SD VAE's training step (benchmarks/RESULTS.md).
+
+A custom VJP has no forward mode: jax.jvp / jacfwd through a network with GroupNorm raise
+JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function". A custom JVP rule
+(whose transpose JAX derives) allows both but kept only half the gain, so it was not used.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +22,7 @@ import jax.numpy as jnp
 
 def _grouped(x: jax.Array, groups: int) -> jax.Array:
   """[N, ..., C] -> [N, positions, groups, C // groups]."""
-  return x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+  return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), groups, x.shape[-1] // groups)
 
 
 def _forward(x, scale, bias, groups, epsilon):

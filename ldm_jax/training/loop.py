@@ -37,7 +37,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.get("nonfinite", "skip") not in NONFINITE_MODES:
     raise ValueError(f"nonfinite={config.nonfinite!r}: expected one of {NONFINITE_MODES}.")
   ahead = config.get("steps_ahead", STEPS_AHEAD)
-  if not isinstance(ahead, int) or ahead < 0:
+  if isinstance(ahead, bool) or not isinstance(ahead, (int, np.integer)) or ahead < 0:
     raise ValueError(f"steps_ahead={ahead!r}: expected how many steps the host may dispatch "
                      "ahead of the device (an integer >= 0; 0 waits for every step).")
   for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):

@@ -10,7 +10,7 @@ from ldm_jax.nn import group_norm as group_norm_lib
 from ldm_jax.nn import layers
 from tests import references
 
-SHAPES = [((3, 6, 5, 64), 32), ((2, 9, 24), 8), ((2, 3, 4, 5, 16), 4), ((4, 32), 32)]
+SHAPES = [((3, 6, 5, 64), 32), ((2, 9, 24), 8), ((2, 3, 4, 5, 16), 4), ((4, 32), 8)]
 
 
 def _inputs(shape, seed=0):
@@ -72,3 +72,10 @@ def test_module_matches_autodiff_of_the_formula(dtype):
     scale_of = float(jnp.max(jnp.abs(expected.astype(jnp.float32))))
     np.testing.assert_allclose(got.astype(jnp.float32) / scale_of,
                                expected.astype(jnp.float32) / scale_of, atol=tol)
+
+
+def test_empty_batch():
+  x = jnp.zeros((0, 4, 4, 8))
+  out, vjp = jax.vjp(lambda x: group_norm_lib.group_norm(x, jnp.ones(8), jnp.zeros(8), 4, 1e-5),
+                     x)
+  assert out.shape == x.shape and vjp(out)[0].shape == x.shape

@@ -141,7 +141,7 @@ def test_host_runs_steps_ahead_of_the_device(straight_autoencoder_run, data_dir,
   Each step's batch passes through a host callback on the device that holds the step until
   the host has read i + steps_ahead batches (or 60 s: a loop that waited for every step
   would never get there) and 0.2 s more, then records how many it had read."""
-  ahead, sync_free = 2, 1000  # No logging, evaluation or checkpoint before the end.
+  ahead, sync_free = 3, 1000  # Not the default (2); no logging, evaluation or checkpoint.
   config = runs.autoencoder_config(data_dir, steps_ahead=ahead, log_every=sync_free,
                                    eval_every=sync_free, checkpoint_every=sync_free)
   iterators, seen = [], {}
