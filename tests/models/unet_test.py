@@ -40,12 +40,20 @@ def test_bfloat16_compute_keeps_float32_params(params):
   assert error < 5e-2, error
 
 
-@pytest.mark.parametrize("policy", [True, "dots", "dots_no_batch"])
-def test_remat_changes_nothing_but_memory(params, policy):
+def _gradients(params, **kwargs):
   x, t, context = _inputs()
-  loss = lambda model: jax.jit(jax.grad(
-      lambda p: jnp.mean(model.apply({"params": p}, x, t, context) ** 2)))(params)
-  plain, remat = loss(UNet(**SMALL)), loss(UNet(**SMALL, remat=policy))
+  return jax.jit(jax.grad(lambda p: jnp.mean(
+      UNet(**SMALL, **kwargs).apply({"params": p}, x, t, context) ** 2)))(params)
+
+
+@pytest.fixture(scope="module")
+def plain_gradients(params):
+  return _gradients(params)
+
+
+@pytest.mark.parametrize("policy", [True, "dots", "dots_no_batch"])
+def test_remat_changes_nothing_but_memory(params, plain_gradients, policy):
+  plain, remat = plain_gradients, _gradients(params, remat=policy)
   # Recomputing reorders float32 rounding only, but small leaves carry the rounding of large
   # ones: attention q/k kernels (gradients ~2e-4, through a softmax) differ by up to 1.4e-5 of
   # their own scale, 1.3e-7 of the largest gradient (8e-9 at XLA's default optimisation
